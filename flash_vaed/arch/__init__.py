@@ -1,0 +1,1 @@
+"""Decoder architectures: Wan-family teachers and students, LTX-Video teachers and students."""

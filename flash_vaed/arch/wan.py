@@ -1,0 +1,111 @@
+"""Wan-family decoders built from a `DecoderSpec`: the Wan 2.1 teacher and every Flash-VAED student.
+
+Module and parameter names follow the real files (`conv2.*`, `decoder.conv1`, `decoder.middle.N`,
+`decoder.upsamples.N`, `decoder.head.N`), so the Wan 2.1 VAE and the official Flash_VAED_Wan.pth load
+with strict=True. Latents are raw (ComfyUI's LATENT["samples"] for Wan): no mean/std is applied here.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ..engine.state import DecodeState
+from ..spec import DecoderSpec, Op
+from .layers import (
+    CausalConv3d,
+    FrameAttention,
+    PointwiseConv3d,
+    ResidualBlock2D,
+    ResidualBlock3D,
+    RMSNorm,
+    Upsample,
+    fold_frames,
+    unfold_frames,
+)
+
+
+def residual_block(in_ch: int, out_ch: int, op: Op) -> nn.Module:
+    if op is Op.FRAME_2D:
+        return ResidualBlock2D(in_ch, out_ch)
+    return ResidualBlock3D(in_ch, out_ch, separable=op is Op.DEPTHWISE_3D)
+
+
+class Head(nn.ModuleList):
+    """RMS norm, SiLU and the output conv (causal 3D or per-frame 2D); indexed like the checkpoint."""
+
+    def __init__(self, in_ch: int, out_ch: int, time: bool):
+        conv = CausalConv3d(in_ch, out_ch, 3) if time else nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        super().__init__([RMSNorm(in_ch, 3 if time else 2), nn.SiLU(), conv])
+        self.frame_wise = not time
+
+    def forward(self, x: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        norm, _, conv = self
+        h = torch.nn.functional.silu(norm(x))
+        return conv(h, state[conv]) if isinstance(conv, CausalConv3d) else conv(h)
+
+
+class WanDecoderBody(nn.Module):
+    """conv1 -> middle (block, attention, block) -> stages of blocks and upsamples -> head.
+
+    Runs frame-wise modules on frames folded into the batch and folds only when the layout changes,
+    so a student whose shallow stages are 2D pays for one rearrange, not one per block.
+    """
+
+    def __init__(self, spec: DecoderSpec):
+        super().__init__()
+        mid = spec.middle_width
+        self.conv1 = CausalConv3d(spec.latent_channels, mid, 3)
+        self.middle = nn.ModuleList([
+            residual_block(mid, mid, spec.middle_op), FrameAttention(mid), residual_block(mid, mid, spec.middle_op),
+        ])
+        ups: list[nn.Module] = []
+        in_ch = mid
+        for stage in spec.stages:
+            for _ in range(stage.blocks):
+                ups.append(residual_block(in_ch, stage.width, stage.op))
+                in_ch = stage.width
+            if stage.up_out is not None:
+                ups.append(Upsample(stage.width, stage.up_out, time=stage.up_time))
+                in_ch = stage.up_out
+        self.upsamples = nn.ModuleList(ups)
+        self.head = Head(in_ch, 3 * spec.out_patch**2, spec.head_time)
+
+    def forward(self, x: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        batch = x.shape[0]
+        x = self.conv1(x, state[self.conv1])
+        folded = False
+        for module in [*self.middle, *self.upsamples, self.head]:
+            want_folded = bool(module.frame_wise)
+            if want_folded != folded:
+                x = fold_frames(x) if want_folded else unfold_frames(x, batch)
+                folded = want_folded
+            x = module(x, state)
+        return unfold_frames(x, batch) if folded else x
+
+
+class WanFamilyDecoder(nn.Module):
+    """Raw Wan latents (B, C, T, H, W) -> video (B, 3, 4T-3, s*H, s*W), about [-1, 1], unclamped.
+
+    `forward(z, state)` decodes the next chunk of a stream; a fresh `DecodeState` decodes a whole clip.
+    """
+
+    def __init__(self, spec: DecoderSpec):
+        super().__init__()
+        self.spec = spec
+        self.family = spec.family
+        self.conv2 = PointwiseConv3d(spec.latent_channels, spec.latent_channels)
+        self.decoder = WanDecoderBody(spec)
+
+    @property
+    def causal(self) -> bool:
+        return True
+
+    def forward(self, z: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        out = self.decoder(self.conv2(z), state)
+        state.latent_frames_seen += z.shape[2]
+        if self.spec.out_patch > 1:
+            p = self.spec.out_patch
+            out = rearrange(out, "b (c r q) t h w -> b c t (h q) (w r)", q=p, r=p)
+        return out

@@ -1,0 +1,1 @@
+"""Decode engine: explicit streaming state, temporal windows and spatial tiles."""
