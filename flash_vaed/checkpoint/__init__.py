@@ -1,0 +1,1 @@
+"""Reading, recognising and writing decoder checkpoints."""

@@ -1,0 +1,303 @@
+"""Recognise a checkpoint by its keys, shapes and metadata (never its file name) and build its decoder.
+
+Known layouts: the Wan 2.1 / 2.2 VAEs (original and diffusers), LTX-Video VAEs 0.9.0 / 0.9.1 / 0.9.5+
+(standalone, inside all-in-one checkpoints, diffusers), the official Flash-VAED students, and our own
+students (safetensors with flash_vaed.* metadata). Loads are strict: a partial match is an error that
+names the layout and the first missing / unexpected keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..arch.wan import WanFamilyDecoder
+from ..arch.wan22 import Wan22Decoder
+from ..decoder import FlashDecoder
+from ..errors import CheckpointError
+from ..latents import LatentNorm
+from ..spec import DecoderSpec, Family, Op
+from .io import TensorSource, atomic_save, from_state_dict, open_tensors
+from .wan_keys import diffusers_wan_to_original, spec_from_wan_shapes
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = "1"
+META_FORMAT = "flash_vaed.format_version"
+META_FAMILY = "flash_vaed.family"
+META_ARCH = "flash_vaed.arch"
+META_SPEC = "flash_vaed.spec"
+
+LTX_STATS = ("per_channel_statistics.mean-of-means", "per_channel_statistics.std-of-means")
+
+
+@dataclass
+class Plan:
+    """How to build one decoder from one source: the module, and source key -> module key."""
+
+    layout: str
+    family: Family
+    role: str
+    build: Callable[[], nn.Module]
+    keys: dict[str, str]  # source key -> module state-dict key
+    latent_norm_keys: tuple[str, str] | None = None  # (mean, std) source keys, for LTX
+
+
+# ---- detection -------------------------------------------------------------------------------
+
+def _foreign_guess(keys: set[str], shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """Name the model a non-video VAE (or another video VAE) most likely belongs to."""
+    def ch(key: str, dim: int) -> int | None:
+        s = shapes.get(key)
+        return s[dim] if s is not None and len(s) > dim else None
+
+    if "decoder.mid.block_1.norm1.weight" in keys or "decoder.up.0.block.0.norm1.weight" in keys:
+        z = ch("decoder.conv_in.weight", 1)
+        if z == 16:
+            return "a Flux / SD3 image VAE (16 channels)"
+        if z == 4:
+            return "an SD 1.x / SDXL image VAE (4 channels)"
+        if "decoder.conv_in.conv.weight" in keys or len(shapes.get("decoder.conv_in.weight", ())) == 5:
+            return "a HunyuanVideo / Mochi-style video VAE"
+        return f"an SD-style image VAE ({z} channels)"
+    if "decoder.up_blocks.0.resnets.0.norm1.weight" in keys:
+        if "decoder.conv_in.conv.weight" in keys:
+            return "a HunyuanVideo VAE (diffusers layout)"
+        z = ch("decoder.conv_in.weight", 1)
+        return f"a diffusers SD-style image VAE ({z} channels: {'Flux/SD3' if z == 16 else 'SD 1.x/SDXL'})"
+    if any(k.startswith("taesd_decoder.") for k in keys):
+        return "a TAESD tiny autoencoder"
+    if any(k.startswith(("model.diffusion_model.", "transformer_blocks.", "blocks.0.")) for k in keys):
+        return "a diffusion model (not a VAE)"
+    return None
+
+
+def _strip_vae_prefix(src: TensorSource) -> TensorSource:
+    for prefix in ("vae.", "first_stage_model."):
+        if any(k.startswith(prefix + "decoder.") for k in src.shapes):
+            return src.with_prefix_stripped(prefix)
+    return src
+
+
+def _wan_plan(src: TensorSource, layout: str) -> Plan:
+    shapes = src.shapes
+    wanted = {k: k for k in shapes if k.startswith(("decoder.", "conv2."))}
+    if "decoder.upsamples.0.upsamples.0.residual.2.weight" in shapes:
+        dim = shapes["decoder.head.0.gamma"][0]
+        z = shapes["conv2.weight"][0]
+        return Plan(layout.replace("wan", "wan22", 1) if layout.startswith("wan-") else "wan22", Family.WAN22,
+                    "teacher", lambda: Wan22Decoder(dec_dim=dim, z_dim=z), wanted)
+    spec = spec_from_wan_shapes(shapes, name="from-checkpoint")
+    teacher = all(s.op is Op.FULL_3D for s in spec.stages) and spec.middle_op is Op.FULL_3D
+    if teacher:
+        dim = spec.stages[-1].width
+        if dataclasses.replace(spec, name=DecoderSpec.wan21_teacher(dim).name) == DecoderSpec.wan21_teacher(dim):
+            spec = DecoderSpec.wan21_teacher(dim)
+        name = "wan21" if spec.family is Family.WAN21 else "wan22-wanlayout"
+    elif dataclasses.replace(spec, name="flashvaed-wan21-official") == DecoderSpec.flashvaed_wan21():
+        spec, name = DecoderSpec.flashvaed_wan21(), "flashvaed-wan-official"
+    else:
+        name = "flash-vaed-wan (untagged)"
+    if layout.endswith("diffusers"):
+        name += "-diffusers"
+    return Plan(name, spec.family, "teacher" if teacher else "student", lambda: WanFamilyDecoder(spec), wanted)
+
+
+def _ltx_teacher_plan(src: TensorSource, layout_suffix: str = "") -> Plan:
+    from ..arch.ltx import LTXTeacherDecoder, ltx_version_from_keys
+
+    version = ltx_version_from_keys(src.keys(), src.shapes)
+    config = None
+    raw = src.metadata.get("config")
+    if raw:
+        try:
+            config = json.loads(raw).get("vae")
+        except (json.JSONDecodeError, AttributeError):
+            config = None
+    padding = (config or {}).get("spatial_padding_mode", "reflect")
+    wanted = {k: k for k in src.shapes if k.startswith("decoder.")}
+    stats = LTX_STATS if all(k in src.shapes for k in LTX_STATS) else None
+    if stats is None:
+        raise CheckpointError(
+            f"{src.origin}: an LTX-Video VAE without per_channel_statistics (mean-of-means / std-of-means); "
+            "they turn ComfyUI's normalized latents into the decoder's raw latents. Use the full VAE file."
+        )
+    names = {0: "ltxv-0.9.0", 1: "ltxv-0.9.1", 2: "ltxv-0.9.5"}
+    return Plan(names.get(version, f"ltxv-v{version}") + layout_suffix, Family.LTXV, "teacher",
+                lambda: LTXTeacherDecoder.for_version(version, spatial_padding_mode=padding), wanted, stats)
+
+
+def _ltx_student_plan(src: TensorSource) -> Plan:
+    from ..arch.ltx_student import LTXStudentDecoder, LTXStudentSpec
+
+    wanted = {k: k for k in src.shapes if k.startswith("decoder.")}
+    stats = None
+    if "mean_of_means" in src.shapes and "std_of_means" in src.shapes:
+        stats = ("mean_of_means", "std_of_means")
+    elif "latents_mean" in src.shapes and "latents_std" in src.shapes:
+        stats = ("latents_mean", "latents_std")
+    return Plan("flashvaed-ltx-official", Family.LTXV, "student",
+                lambda: LTXStudentDecoder(LTXStudentSpec.official()), wanted, stats)
+
+
+def _ours_plan(src: TensorSource) -> Plan:
+    meta = src.metadata
+    version = meta.get(META_FORMAT)
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{src.origin}: Flash-VAED format version {version!r}, this library reads "
+                              f"{FORMAT_VERSION!r}; update the pack (or re-export the student).")
+    try:
+        family = Family(meta[META_FAMILY])
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{src.origin}: metadata {META_FAMILY!r} missing or unknown ({err})") from err
+    arch = meta.get(META_ARCH, "wan")
+    wanted = {k: k for k in src.shapes if not k.startswith("latent_norm.")}
+    stats = ("latent_norm.mean", "latent_norm.std") if "latent_norm.mean" in src.shapes else None
+    if arch == "wan":
+        spec = DecoderSpec.from_json(meta[META_SPEC])
+        return Plan(f"flash-vaed:{spec.name}", family, "student", lambda: WanFamilyDecoder(spec), wanted, stats)
+    if arch == "ltx":
+        from ..arch.ltx_student import LTXStudentDecoder, LTXStudentSpec
+
+        spec_ltx = LTXStudentSpec.from_json(meta[META_SPEC])
+        return Plan("flash-vaed:ltx", family, "student", lambda: LTXStudentDecoder(spec_ltx), wanted, stats)
+    raise CheckpointError(f"{src.origin}: unknown Flash-VAED architecture {arch!r}")
+
+
+def plan_for(src: TensorSource) -> Plan:
+    """Decide what `src` is. Raises CheckpointError naming the closest known layout otherwise."""
+    if META_FORMAT in src.metadata:
+        return _ours_plan(src)
+    src = _strip_vae_prefix(src)
+    keys = src.keys()
+    if "decoder.middle.0.residual.0.gamma" in keys:
+        return _wan_plan(src, "wan")
+    if "decoder.mid_block.attentions.0.to_qkv.weight" in keys and "decoder.conv_in.weight" in keys:
+        wan22 = any(".upsampler." in k for k in keys)
+        renamed = src.renamed(diffusers_wan_to_original(sorted(keys), wan22))
+        return _wan_plan(renamed, "wan-diffusers")
+    if "decoder.up_blocks.0.res_blocks.0.conv1.conv.weight" in keys:
+        return _ltx_teacher_plan(src)
+    if "decoder.mid_block.resnets.0.conv1.depthwise.weight" in keys:
+        return _ltx_student_plan(src)
+    if "decoder.conv_in.conv.weight" in keys and "decoder.up_blocks.0.resnets.0.conv1.conv.weight" in keys:
+        from .ltx_keys import diffusers_ltx_to_original
+
+        mapping = diffusers_ltx_to_original(src.keys(), src.shapes)
+        return _ltx_teacher_plan(src.renamed(mapping), "-diffusers")
+    raise unknown_layout_error(src)
+
+
+def unknown_layout_error(src: TensorSource) -> CheckpointError:
+    keys = src.keys()
+    foreign = _foreign_guess(keys, src.shapes)
+    first = ", ".join(sorted(keys)[:5])
+    if foreign:
+        return CheckpointError(
+            f"{src.origin}: this is {foreign}, not a Wan 2.1/2.2 or LTX-Video VAE or a Flash-VAED decoder. "
+            "Flash-VAED decodes Wan and LTX-Video latents only; load the VAE of your video model."
+        )
+    return CheckpointError(
+        f"{src.origin}: no known decoder layout matches its {len(keys)} tensors (first keys: {first}). "
+        "Expected a Wan 2.1/2.2 VAE (decoder.middle.0.residual.0.gamma), an LTX-Video VAE "
+        "(decoder.up_blocks.0.res_blocks.0.conv1.conv.weight), a diffusers VAE folder of either, or a "
+        "Flash-VAED student."
+    )
+
+
+# ---- building --------------------------------------------------------------------------------
+
+def _materialize(plan: Plan, src: TensorSource) -> nn.Module:
+    with torch.device("meta"):
+        module = plan.build()
+    expected = module.state_dict()
+    by_module_key = {mk: sk for sk, mk in plan.keys.items()}
+    missing = [k for k in expected if k not in by_module_key]
+    unexpected = [sk for sk, mk in plan.keys.items() if mk not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{src.origin}: looks like {plan.layout} but does not match it: "
+            f"{len(missing)} missing keys (first: {', '.join(missing[:4]) or '-'}), "
+            f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:4]) or '-'}). "
+            "The file is truncated, from another model version, or edited; nothing was loaded."
+        )
+    bad = [(mk, tuple(expected[mk].shape), src.shapes[sk]) for mk, sk in by_module_key.items()
+           if tuple(expected[mk].shape) != tuple(src.shapes[sk])]
+    if bad:
+        k, want, got = bad[0]
+        raise CheckpointError(f"{src.origin}: looks like {plan.layout} but {len(bad)} tensors have other shapes "
+                              f"(first: {k} is {got}, expected {want}); nothing was loaded.")
+    tensors = src.load(by_module_key.values())
+    state = {}
+    for mk, sk in by_module_key.items():
+        t = tensors[sk]
+        if not t.is_floating_point():
+            raise CheckpointError(f"{src.origin}: tensor {sk} has dtype {t.dtype}, expected floating point")
+        state[mk] = t.to(torch.float32)  # also lifts fp8/fp16/bf16 files; the caller picks the run dtype
+    module.load_state_dict(state, strict=True, assign=True)
+    leftovers = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if leftovers:
+        raise RuntimeError(f"internal: {plan.layout} module has tensors not in its state dict: {leftovers[:3]}")
+    return module
+
+
+def _latent_norm(plan: Plan, src: TensorSource) -> LatentNorm | None:
+    if plan.latent_norm_keys is None:
+        return None
+    mean_key, std_key = plan.latent_norm_keys
+    got = src.load([mean_key, std_key])
+    return LatentNorm(got[mean_key].float().flatten(), got[std_key].float().flatten())
+
+
+def build_decoder(src: TensorSource, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> FlashDecoder:
+    plan = plan_for(src)
+    stripped = _strip_vae_prefix(src) if META_FORMAT not in src.metadata else src
+    if plan.layout.endswith("-diffusers") and plan.family is not Family.LTXV:
+        keys = stripped.keys()
+        stripped = stripped.renamed(diffusers_wan_to_original(sorted(keys), any(".upsampler." in k for k in keys)))
+    elif plan.layout.endswith("-diffusers"):
+        from .ltx_keys import diffusers_ltx_to_original
+
+        stripped = stripped.renamed(diffusers_ltx_to_original(stripped.keys(), stripped.shapes))
+    module = _materialize(plan, stripped).eval().requires_grad_(False).to(device=device, dtype=dtype)
+    norm = _latent_norm(plan, stripped)
+    if plan.family is Family.LTXV and norm is None:
+        log.warning("%s: no latent statistics in the file; decoding ComfyUI latents as raw latents", src.origin)
+    if norm is not None:
+        norm = LatentNorm(norm.mean.to(device), norm.std.to(device))
+    info = {"origin": src.origin, "parameters": sum(p.numel() for p in module.parameters())}
+    return FlashDecoder(plan.family, plan.role, module, norm, plan.layout, info)
+
+
+def load_decoder(source: str | os.PathLike | Mapping[str, torch.Tensor], device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> FlashDecoder:
+    """Load a decoder from a file (.safetensors/.pth/...), a diffusers folder, or a state dict.
+
+    Only the decoder's tensors are read (the encoder stays on disk), lazily for safetensors files.
+    """
+    src = from_state_dict(source) if isinstance(source, Mapping) else open_tensors(source)
+    return build_decoder(src, device, dtype)
+
+
+def save_student(decoder: FlashDecoder, path: str | os.PathLike) -> os.PathLike:
+    """Write a student as safetensors with the metadata `load_decoder` reads back (atomic)."""
+    module = decoder.module
+    spec = getattr(module, "spec", None)
+    if spec is None:
+        raise ValueError("only decoders built from a spec can be saved as Flash-VAED students")
+    arch = "wan" if isinstance(module, WanFamilyDecoder) else "ltx"
+    tensors = dict(module.state_dict())
+    if decoder.latent_norm is not None:
+        tensors["latent_norm.mean"] = decoder.latent_norm.mean
+        tensors["latent_norm.std"] = decoder.latent_norm.std
+    meta = {META_FORMAT: FORMAT_VERSION, META_FAMILY: decoder.family.value, META_ARCH: arch,
+            META_SPEC: spec.to_json()}
+    return atomic_save(tensors, path, meta)
