@@ -191,28 +191,39 @@ def pixel_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 class ReplicateTimeConv3d(nn.Module):
-    """3x3x3 conv whose time axis is padded by repeating the edge frame(s) (`<name>.conv.*` keys).
+    """kxkxk conv whose time axis is padded by repeating edge frames (`<name>.conv.*` keys); space pads k//2.
 
-    causal=False repeats the first and last frame once; causal=True repeats the first frame twice.
+    causal=False repeats the first and last frame k//2 times each; causal=True the first frame k-1 times.
     """
 
     def __init__(self, in_ch: int, out_ch: int, padding_mode: str = "zeros", causal: bool = False,
-                 groups: int = 1):
+                 kernel_size: int = 3):
         super().__init__()
         self.causal = causal
-        self.conv = nn.Conv3d(in_ch, out_ch, 3, padding=(0, 1, 1), padding_mode=padding_mode, groups=groups)
+        self.kernel_size = kernel_size
+        pad = kernel_size // 2
+        self.conv = nn.Conv3d(in_ch, out_ch, kernel_size, padding=(0, pad, pad), padding_mode=padding_mode)
 
     @property
     def time_reach(self) -> tuple[int, int]:
-        return (2, 0) if self.causal else (1, 1)
+        return time_reach(self.kernel_size, self.causal)
 
     def forward(self, x: Tensor) -> Tensor:
-        first = x[:, :, :1]
-        if self.causal:
-            x = torch.cat([first, first, x], dim=2)
-        else:
-            x = torch.cat([first, x, x[:, :, -1:]], dim=2)
-        return self.conv(x)
+        return self.conv(pad_time(x, self.kernel_size, self.causal))
+
+
+def time_reach(kernel_size: int, causal: bool) -> tuple[int, int]:
+    """Frames (before, after) a time-padded conv reads around each output frame."""
+    return (kernel_size - 1, 0) if causal else (kernel_size // 2, kernel_size // 2)
+
+
+def pad_time(x: Tensor, kernel_size: int, causal: bool) -> Tensor:
+    """Repeat edge frames of (B, C, T, H, W) so a valid time conv of `kernel_size` keeps T frames."""
+    before, after = time_reach(kernel_size, causal)
+    if before == after == 0:
+        return x
+    parts = [x[:, :, :1]] * before + [x] + [x[:, :, -1:]] * after
+    return torch.cat(parts, dim=2)
 
 
 class ChannelLayerNorm(nn.Module):
