@@ -89,7 +89,10 @@ echo "torch==$torch_ver" > "$constraints"
 # 4. Dependencies, skipped when interpreter, torch and requirements are those of the last run.
 stamp="$DEST/.flash-vaed-deps"
 want="$("$PY" -c 'import sys; print(sys.executable)') torch=$torch_ver req=$(sha256sum "$REQ" | cut -c1-16)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$PY" -c "import aiohttp, av, comfyui_frontend_package, torchsde, transformers, autograph" 2>/dev/null; then
+# find_spec, not import: importing transformers alone takes seconds.
+present='import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, sys.argv[1:])))'
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+   && "$PY" -c "$present" aiohttp av comfyui_frontend_package torchsde transformers autograph; then
   say "dependencies already installed for $PY"
 else
   say "pip install -r $(basename "$REQ") -c torch==$torch_ver"
