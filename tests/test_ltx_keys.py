@@ -122,8 +122,9 @@ def test_resnet_index_is_kept_and_each_diffusers_part_is_one_comfy_block(manifes
 
 def test_095_layout_maps_back_onto_comfy_v2() -> None:
     """diffusers' 0.9.5 converter renames ComfyUI v2 decoder blocks so; the inverse must be ours."""
-    table_095 = {0: "mid_block", 1: "up_blocks.0.upsamplers.0", 2: "up_blocks.0", 3: "up_blocks.1.upsamplers.0",
-                 4: "up_blocks.1", 5: "up_blocks.2.upsamplers.0", 6: "up_blocks.2"}
+    table_095 = {0: "mid_block", 1: "up_blocks.0.upsamplers.0", 2: "up_blocks.0",
+                 3: "up_blocks.1.upsamplers.0", 4: "up_blocks.1",
+                 5: "up_blocks.2.upsamplers.0", 6: "up_blocks.2"}
     comfy = [k for k in manifest_shapes(load_manifest("ltx_comfy_v2")) if k.startswith("decoder.")]
     forward = {}
     for key in comfy:
