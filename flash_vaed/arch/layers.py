@@ -25,16 +25,22 @@ def unfold_frames(x: torch.Tensor, batch: int) -> torch.Tensor:
     return rearrange(x, "(b t) c h w -> b c t h w", b=batch)
 
 
-def _take_left_context(state: LayerState, x: torch.Tensor, frames: int) -> torch.Tensor:
-    """Prepend the frames this layer saw last (zeros at the stream start) and remember the new tail.
+def _take_left_context(state: LayerState, x: torch.Tensor, frames: int, space_pad: int = 0) -> torch.Tensor:
+    """x with the frames this layer saw last prepended (zeros at the stream start) and `space_pad` zeros
+    around each frame, built in one copy; the new tail is remembered in `state`.
 
-    Zeros, not a repeated first frame: the Wan decoders were trained with zero causal padding.
+    Zeros, not a repeated first frame: the Wan decoders were trained with zero causal padding. Padding
+    here instead of in the conv keeps PyTorch on its fast (mkldnn/cudnn) conv path.
     """
     b, c, t, h, w = x.shape
-    past = state.past if state.past is not None else x.new_zeros(b, c, frames, h, w)
-    padded = torch.cat([past.to(device=x.device, dtype=x.dtype), x], dim=2)
-    # clone: a view would pin the whole chunk in memory until the next one arrives
-    state.past = padded[:, :, padded.shape[2] - frames:].clone()
+    p = space_pad
+    padded = x.new_zeros(b, c, frames + t, h + 2 * p, w + 2 * p)
+    inner = padded[:, :, :, p:p + h, p:p + w]
+    if state.past is not None:
+        inner[:, :, :frames] = state.past
+    inner[:, :, frames:] = x
+    # clone: a view would pin the whole padded chunk in memory until the next one arrives
+    state.past = inner[:, :, t:].clone()
     state.frames_seen += t
     return padded
 
@@ -67,8 +73,7 @@ class CausalConv3d(nn.Conv3d, TemporalLayer):
         self.space_pad = kernel // 2
 
     def forward(self, x: torch.Tensor, state: LayerState) -> torch.Tensor:  # type: ignore[override]
-        padded = _take_left_context(state, x, self.context)
-        return F.conv3d(padded, self.weight, self.bias, padding=(0, self.space_pad, self.space_pad))
+        return F.conv3d(_take_left_context(state, x, self.context, self.space_pad), self.weight, self.bias)
 
 
 class SeparableConv3d(nn.Module):
@@ -92,10 +97,8 @@ class CausalSeparableConv3d(SeparableConv3d, TemporalLayer):
         self.space_pad = kernel // 2
 
     def forward(self, x: torch.Tensor, state: LayerState) -> torch.Tensor:  # type: ignore[override]
-        padded = _take_left_context(state, x, self.context)
-        dw = self.depthwise_conv
-        h = F.conv3d(padded, dw.weight, dw.bias, padding=(0, self.space_pad, self.space_pad), groups=dw.groups)
-        return self.pointwise_conv(h)
+        padded = _take_left_context(state, x, self.context, self.space_pad)
+        return self.pointwise_conv(self.depthwise_conv(padded))
 
 
 class ResidualBlock3D(nn.Module):
