@@ -113,7 +113,11 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
 
 def _open_pickle(path: Path) -> TensorSource:
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        if path.suffix == ".safetensors":  # torch.load would pass a path so named to safetensors
+            with open(path, "rb") as f:
+                obj = torch.load(f, map_location="cpu", weights_only=True)
+        else:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path.name}: refused to unpickle it, because it asks to run code or build objects other than "
@@ -169,16 +173,20 @@ def open_tensors(path: str | os.PathLike) -> TensorSource:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path.name}: the file is empty (0 bytes); the download failed: download it again.")
     with open(path, "rb") as f:
-        head = f.read(8)
-    # decide by content, not by name: a renamed safetensors file still starts with its header length
+        head = f.read(9)
+    # decide by content, not by name: a safetensors file starts with its header length, then the JSON header
+    header_len = int.from_bytes(head[:8], "little")
+    is_safetensors = head[8:9] == b"{" and header_len <= path.stat().st_size - 8
     is_zip = head[:4] == b"PK\x03\x04"
-    is_old_pickle = head[:1] == b"\x80"
-    if path.suffix == ".safetensors" or not (is_zip or is_old_pickle):
-        if path.suffix in PICKLE_SUFFIXES and not (is_zip or is_old_pickle):
-            raise CheckpointError(f"{path.name}: neither a PyTorch checkpoint nor safetensors (unknown content); "
-                                  "the file is corrupt or of another kind.")
+    is_old_pickle = head[:1] == b"\x80" and path.suffix != ".safetensors"  # 0x80 may start a header length
+    if is_safetensors:
         return _open_safetensors(path)
-    return _open_pickle(path)
+    if is_zip or is_old_pickle:
+        return _open_pickle(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{path.name}: neither a PyTorch checkpoint nor safetensors (unknown content); "
+                              "the file is corrupt or of another kind.")
+    return _open_safetensors(path)  # its error says what is wrong with the header
 
 
 def atomic_save(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
