@@ -87,6 +87,18 @@ def _strip_vae_prefix(src: TensorSource) -> TensorSource:
 
 
 def _wan_plan(src: TensorSource, layout: str) -> Plan:
+    try:
+        return _wan_plan_from_shapes(src, layout)
+    except KeyError as err:  # a key the layout cannot do without (conv1, head, conv2, ...)
+        raise CheckpointError(f"{src.origin}: looks like a Wan VAE but the key {err.args[0]!r} is missing; "
+                              "the file is truncated or edited; nothing was loaded.") from err
+    except CheckpointError as err:
+        if str(err).startswith(src.origin):
+            raise
+        raise CheckpointError(f"{src.origin}: looks like a Wan VAE but {err}; nothing was loaded.") from err
+
+
+def _wan_plan_from_shapes(src: TensorSource, layout: str) -> Plan:
     shapes = src.shapes
     wanted = {k: k for k in shapes if k.startswith(("decoder.", "conv2."))}
     if "decoder.upsamples.0.upsamples.0.residual.2.weight" in shapes:
@@ -113,7 +125,12 @@ def _wan_plan(src: TensorSource, layout: str) -> Plan:
 def _ltx_teacher_plan(src: TensorSource, layout_suffix: str = "") -> Plan:
     from ..arch.ltx import LTXTeacherDecoder, ltx_version_from_keys
 
-    version = ltx_version_from_keys(src.keys(), src.shapes)
+    # ComfyUI reads a decoder-only 0.9.5+ file as 0.9.1; a diffusers folder has no ComfyUI behaviour to
+    # copy (ComfyUI cannot load it) and no encoder key names that match, so tell versions by the decoder
+    try:
+        version = ltx_version_from_keys(src.keys(), src.shapes, like_comfyui=not layout_suffix)
+    except ValueError as err:
+        raise CheckpointError(f"{src.origin}: {err}") from err
     config = None
     raw = src.metadata.get("config")
     if raw:
