@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.server import comfy_root as _comfy_root
 from harness.server import comfy_server as _comfy_server
 from support.comfy_subprocess import comfy_installed
-from support.comfy_subprocess import comfy_root as _comfy_root
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # Model folders ComfyUI and our pack look in (ComfyUI's names).
 MODEL_SUBDIRS = ("vae", "vae_approx", "checkpoints")
 

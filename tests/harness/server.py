@@ -87,6 +87,12 @@ def comfy_root() -> Path:
     return Path(env).expanduser().resolve() if env else DEFAULT_COMFY_DIR
 
 
+def comfy_env() -> dict[str, str]:
+    """Environment for any ComfyUI process: offline, and without PYTHONPATH, which could put our
+    repository (whose nodes/ shadows ComfyUI's nodes.py) first on its path."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | OFFLINE_ENV
+
+
 # --- process -------------------------------------------------------------------------------------------
 
 
@@ -136,12 +142,10 @@ def launch(
         "--base-directory", str(run_dir), "--database-url", f"sqlite:///{run_dir}/user/comfyui.db",
         *extra_args,
     ]  # fmt: skip
-    # PYTHONPATH is dropped: it could put our repository, whose nodes/ shadows ComfyUI's nodes.py, first.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | OFFLINE_ENV
     with open(run_dir / "comfyui.log", "wb") as logfile:
         proc = subprocess.Popen(
-            cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            cmd, cwd=root, env=comfy_env(), stdin=subprocess.DEVNULL, stdout=logfile,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     (run_dir / "comfyui.pid").write_text(f"{proc.pid}\n")
     return proc

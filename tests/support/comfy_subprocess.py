@@ -8,7 +8,6 @@ same interpreter (``sys.executable``), which is the environment ComfyUI's depend
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,31 +17,20 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from harness.server import comfy_env, comfy_root
+
 WORKER = Path(__file__).with_name("comfy_vae_worker.py")
-DEFAULT_COMFY_DIR = REPO_ROOT / ".cache" / "comfyui"
+# Environment for a ComfyUI child process (offline, no PYTHONPATH); kept under this name for callers.
+worker_env = comfy_env
 
 
 class ComfyWorkerError(RuntimeError):
     """The worker process failed; the message carries the end of its output."""
 
 
-def comfy_root() -> Path:
-    """Where the harness installs ComfyUI: ``$FLASH_VAED_COMFYUI``, else ``<repo>/.cache/comfyui``."""
-    env = os.environ.get("FLASH_VAED_COMFYUI")
-    return Path(env).expanduser().resolve() if env else DEFAULT_COMFY_DIR
-
-
 def comfy_installed(root: Path | None = None) -> bool:
     root = root or comfy_root()
     return (root / "main.py").is_file() and (root / "comfy" / "sd.py").is_file()
-
-
-def worker_env() -> dict[str, str]:
-    """Environment for a ComfyUI child: offline, no PYTHONPATH (it could put our repo and nodes/ first)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1")
-    return env
 
 
 def run_worker(args: list[str], *, root: Path | None = None, timeout_s: float = 600) -> None:
