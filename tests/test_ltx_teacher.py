@@ -37,7 +37,7 @@ needs_comfy = pytest.mark.skipif(
 
 TOL = 5e-5
 STATS = ("std-of-means", "mean-of-means", "mean-of-stds", "mean-of-stds_over_std-of-means", "channel")
-BASE = 8  # decoder width of the reduced models (ComfyUI's is always 128)
+BASE = 4  # decoder base width of the reduced models (ComfyUI always builds 128)
 
 
 def reduced_config(version: int, padding: str | None = None) -> dict:
@@ -52,7 +52,8 @@ def reduced_config(version: int, padding: str | None = None) -> dict:
                   ["res_x", {"num_layers": 2, "inject_noise": noisy}], up,
                   ["res_x", {"num_layers": 1, "inject_noise": noisy}], up,
                   ["res_x", {"num_layers": 1, "inject_noise": False}]]
-    config = {"dims": 3, "in_channels": 3, "out_channels": 3, "latent_channels": 128, "decoder_blocks": blocks,
+    config = {"dims": 3, "in_channels": 3, "out_channels": 3, "latent_channels": 128,
+              "decoder_blocks": blocks,
               "encoder_blocks": [["res_x", {"num_layers": 1}]], "norm_layer": "pixel_norm", "patch_size": 4,
               "latent_log_var": "uniform", "causal_decoder": False, "timestep_conditioning": version > 0}
     if padding is not None:
@@ -85,7 +86,8 @@ class ComfyReference:
     def __init__(self, folder: Path):
         env = {**worker_env(), "FLASH_VAED_COMFYUI": str(COMFY_ROOT)}
         self.proc = subprocess.Popen([sys.executable, str(REFERENCE_SCRIPT), "-"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=folder)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                     cwd=folder)
 
     def run(self, jobs: list[dict]) -> None:
         try:
@@ -120,11 +122,12 @@ def comfy_fast(tmp_path_factory):
         model = LTXTeacherDecoder.from_comfy_config(config, base_channels=BASE).eval()
         sd = reduced_weights(model, seed=version, zero=zero)
         model.load_state_dict({k: v for k, v in sd.items() if k.startswith("decoder.")}, strict=True)
-        latent = torch.randn((batch, 128, 3, 2, 3), generator=torch.Generator().manual_seed(100 + version))
+        latent = torch.randn((batch, 128, 3, 2, 2), generator=torch.Generator().manual_seed(100 + version))
         save_file(sd, folder / f"{name}.safetensors")
         save_file({"latent": latent}, folder / f"{name}_latent.safetensors")
         jobs.append({"weights": str(folder / f"{name}.safetensors"), "config": config, "base_channels": BASE,
-                     "latent": str(folder / f"{name}_latent.safetensors"), "seed": seed, "vae_options": options,
+                     "latent": str(folder / f"{name}_latent.safetensors"), "seed": seed,
+                     "vae_options": options,
                      "out": str(folder / f"{name}_out.safetensors")})
         ours[name] = our_decode(model, sd, latent, seed, options.get("noise_scale", 0.025))
     comfy.run(jobs)
@@ -152,7 +155,7 @@ def test_seed_changes_the_decode(comfy_fast):
     model = LTXTeacherDecoder.from_comfy_config(reduced_config(version, padding), base_channels=BASE).eval()
     sd = reduced_weights(model, seed=version)
     model.load_state_dict({k: v for k, v in sd.items() if k.startswith("decoder.")})
-    latent = torch.randn((1, 128, 3, 2, 3), generator=torch.Generator().manual_seed(100 + version))
+    latent = torch.randn((1, 128, 3, 2, 2), generator=torch.Generator().manual_seed(100 + version))
     other = our_decode(model, sd, latent, seed + 1)
     assert (other - theirs["raw"]).abs().max().item() > 1e-2
 
@@ -233,7 +236,8 @@ def _window(model, z, start, stop, halo_before, halo_after, noise):
 
 def _halo_setup(version: int, dtype: torch.dtype):
     # zeros padding allows a 1x1 latent (reflect needs 2x2); space does not matter for time context
-    model = LTXTeacherDecoder.from_comfy_config(reduced_config(version, "zeros"), base_channels=4).eval().to(dtype)
+    model = LTXTeacherDecoder.from_comfy_config(reduced_config(version, "zeros"), base_channels=4)
+    model = model.eval().to(dtype)
     sd = reduced_weights(model)
     model.load_state_dict({k: v.to(dtype) for k, v in sd.items() if k.startswith("decoder.")})
     before, after = model.temporal_context
@@ -249,7 +253,8 @@ def test_temporal_halo_is_sufficient(version):
     t, cut = z.shape[2], before + 3
     with torch.no_grad():
         whole = model(z, spatial_noise=noise)
-        parts = [_window(model, z, 0, cut, before, after, noise), _window(model, z, cut, t, before, after, noise)]
+        parts = [_window(model, z, 0, cut, before, after, noise),
+                 _window(model, z, cut, t, before, after, noise)]
     assert whole.shape[2] == 8 * t - 7
     assert (torch.cat(parts, dim=2) - whole).abs().max().item() < 1e-5
 
@@ -267,6 +272,19 @@ def test_temporal_halo_is_tight(version):
     assert (exact - whole[:, :, -exact.shape[2]:]).abs().max().item() < 1e-12
     assert (short_after - whole[:, :, :short_after.shape[2]]).abs().max().item() > 1e-9
     assert (short_before - whole[:, :, -short_before.shape[2]:]).abs().max().item() > 1e-9
+
+
+def test_conditioned_batch_is_per_sample():
+    """ComfyUI's conditioned decoder raises for a batch > 1 (it views one timestep embedding as B); ours
+    broadcasts it, so a batch decodes as its samples would one by one."""
+    model = LTXTeacherDecoder.from_comfy_config(reduced_config(1, "zeros"), base_channels=4).eval()
+    model.load_state_dict({k: v for k, v in reduced_weights(model).items() if k.startswith("decoder.")})
+    z = torch.randn(2, 128, 2, 1, 2, generator=torch.Generator().manual_seed(6))
+    noise = model.draw_spatial_noise((1, 2), torch.Generator().manual_seed(7), "cpu", torch.float32)
+    with torch.no_grad():
+        both = model(z, spatial_noise=noise)
+        one = torch.cat([model(z[i:i + 1], spatial_noise=noise) for i in range(2)])
+    assert (both - one).abs().max().item() < 1e-5
 
 
 def test_spatial_noise_is_checked():
@@ -291,11 +309,13 @@ def test_matches_comfyui_full_size(version, tmp_path):
     latent = torch.randn((1, 128, 2, 2, 2), generator=torch.Generator().manual_seed(7))
     save_file({"latent": latent}, tmp_path / "latent.safetensors")
     seed = 21 + version
-    ComfyReference(tmp_path).run([{"generate": {"manifest": f"ltx_comfy_v{version}", "seed": 0, "include": include},
-                "latent": str(tmp_path / "latent.safetensors"), "seed": seed,
-                "out": str(tmp_path / "out.safetensors")}], tmp_path)
+    job = {"generate": {"manifest": f"ltx_comfy_v{version}", "seed": 0, "include": include},
+           "latent": str(tmp_path / "latent.safetensors"), "seed": seed,
+           "out": str(tmp_path / "out.safetensors")}
+    ComfyReference(tmp_path).run([job])
     theirs = load_file(tmp_path / "out.safetensors")["raw"]
-    sd = generate(load_manifest(f"ltx_comfy_v{version}"), seed=0, include=["decoder.", "per_channel_statistics."])
+    sd = generate(load_manifest(f"ltx_comfy_v{version}"), seed=0,
+                  include=["decoder.", "per_channel_statistics."])
     with torch.device("meta"):
         model = LTXTeacherDecoder.for_version(version)
     model.load_state_dict({k: v for k, v in sd.items() if k.startswith("decoder.")}, strict=True, assign=True)

@@ -52,6 +52,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "COMFY_DECODER_BLOCKS",
+    "DECODE_NOISE_SCALE",
+    "DECODE_TIMESTEP",
     "LTXTeacherDecoder",
     "ltx_version_from_keys",
     "mix_decode_noise",
@@ -403,10 +405,12 @@ class ComfyLTXDecoder(nn.Module):
         self.up_blocks = nn.ModuleList()
         for block in plan:
             if block.kind == "res_x":
-                self.up_blocks.append(ResStack(ch, block.layers, padding_mode, timestep_conditioning, block.noisy))
+                self.up_blocks.append(
+                    ResStack(ch, block.layers, padding_mode, timestep_conditioning, block.noisy))
             elif block.kind == "res_x_y":
-                self.up_blocks.append(TeacherResBlock(ch, ch // block.multiplier, padding_mode, noisy=block.noisy))
-                ch //= block.multiplier
+                out = ch // block.multiplier
+                self.up_blocks.append(TeacherResBlock(ch, out, padding_mode, noisy=block.noisy))
+                ch = out
             else:
                 reduction = block.multiplier if block.kind == "compress_all" else 1
                 self.up_blocks.append(DepthToSpaceUp(ch, _UP_STRIDES[block.kind], padding_mode,
@@ -455,7 +459,8 @@ class LTXTeacherDecoder(nn.Module):
                  patch_size: int = 4, base_channels: int = 128):
         super().__init__()
         if spatial_padding_mode not in PADDING_MODES:
-            raise ValueError(f"spatial_padding_mode must be one of {PADDING_MODES}, got {spatial_padding_mode!r}")
+            raise ValueError(
+                f"spatial_padding_mode must be one of {PADDING_MODES}, got {spatial_padding_mode!r}")
         self.decoder = ComfyLTXDecoder(blocks, timestep_conditioning=timestep_conditioning,
                                        padding_mode=spatial_padding_mode, latent_channels=latent_channels,
                                        out_channels=out_channels, patch_size=patch_size,
@@ -503,7 +508,8 @@ class LTXTeacherDecoder(nn.Module):
         mode = spatial_padding_mode or config.get("spatial_padding_mode", "reflect")
         return cls(blocks, timestep_conditioning=bool(config.get("timestep_conditioning", False)),
                    spatial_padding_mode=mode, latent_channels=int(config["latent_channels"]),
-                   out_channels=int(config.get("out_channels", 3)), patch_size=int(config.get("patch_size", 1)),
+                   out_channels=int(config.get("out_channels", 3)),
+                   patch_size=int(config.get("patch_size", 1)),
                    base_channels=base_channels)
 
     # ---- noise ----
@@ -554,7 +560,8 @@ class LTXTeacherDecoder(nn.Module):
         None and the decoder injects noise, which matches ComfyUI for an unwindowed decode.
         """
         if z_raw.ndim != 5 or z_raw.shape[1] != self.latent_channels:
-            raise ValueError(f"expected (B, {self.latent_channels}, T, H, W) latents, got {tuple(z_raw.shape)}")
+            raise ValueError(
+                f"expected (B, {self.latent_channels}, T, H, W) latents, got {tuple(z_raw.shape)}")
         if spatial_noise is None:
             spatial_noise = self.draw_spatial_noise(tuple(z_raw.shape[-2:]), None, z_raw.device, z_raw.dtype)
         noise = list(spatial_noise or [])
