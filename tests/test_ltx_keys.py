@@ -120,22 +120,28 @@ def test_resnet_index_is_kept_and_each_diffusers_part_is_one_comfy_block(manifes
     assert len(set(targets)) == len(targets), "two diffusers parts share one ComfyUI block"
 
 
+# diffusers' 0.9.5 converter (VAE_095_RENAME_DICT): ComfyUI v2 decoder block -> diffusers part
+TABLE_095 = {0: "mid_block", 1: "up_blocks.0.upsamplers.0", 2: "up_blocks.0", 3: "up_blocks.1.upsamplers.0",
+             4: "up_blocks.1", 5: "up_blocks.2.upsamplers.0", 6: "up_blocks.2"}
+
+
+def comfy_v2_to_diffusers(key: str) -> str | None:
+    """The diffusers name diffusers' converter gives a ComfyUI 0.9.5+ VAE key (decoder and the two stats)."""
+    if key in STATS.values():
+        return next(k for k, v in STATS.items() if v == key)
+    if not key.startswith("decoder."):
+        return None
+    if key.startswith("decoder.up_blocks."):
+        n, rest = key.split(".", 3)[2:]
+        return f"decoder.{TABLE_095[int(n)]}.{rest}".replace(".res_blocks.", ".resnets.")
+    return key.replace("decoder.last_", "decoder.")  # last_time_embedder, last_scale_shift_table
+
+
 def test_095_layout_maps_back_onto_comfy_v2() -> None:
-    """diffusers' 0.9.5 converter renames ComfyUI v2 decoder blocks so; the inverse must be ours."""
-    table_095 = {0: "mid_block", 1: "up_blocks.0.upsamplers.0", 2: "up_blocks.0",
-                 3: "up_blocks.1.upsamplers.0", 4: "up_blocks.1",
-                 5: "up_blocks.2.upsamplers.0", 6: "up_blocks.2"}
-    comfy = [k for k in manifest_shapes(load_manifest("ltx_comfy_v2")) if k.startswith("decoder.")]
-    forward = {}
-    for key in comfy:
-        new = key.replace("last_time_embedder", "time_embedder")
-        new = new.replace("last_scale_shift_table", "scale_shift_table")
-        if key.startswith("decoder.up_blocks."):
-            n, rest = key.split(".", 3)[2:]
-            new = f"decoder.{table_095[int(n)]}.{rest}".replace(".res_blocks.", ".resnets.")
-        forward[key] = new
+    comfy = manifest_shapes(load_manifest("ltx_comfy_v2"))
+    forward = {k: new for k in comfy if (new := comfy_v2_to_diffusers(k)) is not None}
     mapping = diffusers_ltx_to_original(set(forward.values()))
-    assert {mapping[new]: old for old, new in forward.items()} == {k: k for k in comfy}
+    assert {mapping[new]: old for old, new in forward.items()} == {k: k for k in forward}
 
 
 def test_unknown_decoder_keys_stay_visible_and_encoder_keys_are_dropped() -> None:
@@ -378,3 +384,32 @@ def test_renamed_diffusers_weights_decode_like_diffusers(cfg: dict, comfy_blocks
     got = teacher(z, timestep=0.05, spatial_noise=noise or None)
     assert got.shape == want.shape == (1, 3, 9, 64, 32)
     torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+
+
+# ---- through the loader: a diffusers-layout state dict builds the right full-size teacher ------------------
+
+def _diffusers_095_shapes() -> dict[str, tuple[int, ...]]:
+    comfy = manifest_shapes(load_manifest("ltx_comfy_v2"))
+    return {new: shape for k, shape in comfy.items() if (new := comfy_v2_to_diffusers(k)) is not None}
+
+
+@pytest.mark.parametrize(("source", "layout"), [("diffusers_ltx_090", "ltxv-0.9.0-diffusers"),
+                                                 ("diffusers_ltx_091", "ltxv-0.9.1-diffusers"),
+                                                 ("095", "ltxv-0.9.5-diffusers")])
+def test_load_decoder_routes_every_diffusers_tensor_to_its_comfy_slot(source: str, layout: str) -> None:
+    """Each tensor is a constant equal to its index (expanded, so a full-size file costs no memory)."""
+    from flash_vaed import Family, load_decoder
+
+    shapes = _diffusers_095_shapes() if source == "095" else manifest_shapes(load_manifest(source))
+    sd = {k: torch.tensor(float(i)).expand(shape) for i, (k, shape) in enumerate(sorted(shapes.items()))}
+    dec = load_decoder(sd)
+    assert (dec.family, dec.role, dec.layout) == (Family.LTXV, "teacher", layout)
+    mapping = diffusers_ltx_to_original(set(sd), shapes)
+    state = dec.module.state_dict()
+    assert set(state) == {v for v in mapping.values() if v.startswith("decoder.")}
+    for old, new in mapping.items():
+        if new.startswith("decoder."):
+            first = (0,) * sd[old].ndim  # every element is the same constant
+            assert state[new].shape == sd[old].shape and state[new][first] == sd[old][first], old
+    torch.testing.assert_close(dec.latent_norm.mean, sd["latents_mean"].float(), rtol=0, atol=0)
+    torch.testing.assert_close(dec.latent_norm.std, sd["latents_std"].float(), rtol=0, atol=0)
