@@ -72,7 +72,7 @@ def our_decode(model: LTXTeacherDecoder, sd: dict, latent: torch.Tensor, seed: i
     """The engine's order: mix noise (normalized latent), un-normalize, pre-draw spatial noise, decode."""
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     z = latent
-    if model.timestep_conditioning:
+    if model.timestep_conditioned:
         z = mix_decode_noise(z, noise_scale, gen)
     z = un_normalize(z, sd["per_channel_statistics.mean-of-means"], sd["per_channel_statistics.std-of-means"])
     noise = model.draw_spatial_noise(tuple(z.shape[-2:]), gen, z.device, z.dtype)
@@ -171,7 +171,7 @@ def test_real_layout_keys_and_geometry(version, halo):
     want = {k: v for k, v in manifest.items() if k.startswith("decoder.")}
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == want
     assert (model.latent_channels, model.time_stride, model.space_stride) == (128, 8, 32)
-    assert model.timestep_conditioning == (version > 0)
+    assert model.timestep_conditioned == (version > 0)
     assert model.temporal_halo == halo
     assert model.injects_noise == (version == 1)
     assert ltx_version_from_keys(manifest, manifest) == version

@@ -447,7 +447,14 @@ class LTXTeacherDecoder(nn.Module):
     """ComfyUI's LTX-Video VAE decoder (versions 0/1/2 or any ComfyUI decoder config of that family).
 
     Takes RAW latents (un-normalize first; for versions 1/2 mix the decode noise before that, see the
-    module docstring).
+    module docstring). Attributes the engine relies on:
+
+    timestep_conditioned: versions 1 and 2 (forward then uses `timestep`, default 0.05).
+    injects_noise:        version 1: forward needs the `draw_spatial_noise` tensors (drawn from the
+                          global RNG when not given, which only matches ComfyUI for an unsplit decode).
+    temporal_context:     latent frames (before, after) a window needs for exact frames;
+                          temporal_halo = max of the two. A window whose first latent frame s > 0
+                          yields frames from time_stride * s on (its first latent frame gives one frame).
     """
 
     latent_channels: int = 128
@@ -467,7 +474,7 @@ class LTXTeacherDecoder(nn.Module):
                                        base_channels=base_channels)
         self.spatial_padding_mode = spatial_padding_mode
         self.latent_channels = latent_channels
-        self.timestep_conditioning = timestep_conditioning
+        self.timestep_conditioned = timestep_conditioning
         ops = [self.decoder.conv_in.time_reach]
         for block in self.decoder.up_blocks:
             ops += block.time_ops()

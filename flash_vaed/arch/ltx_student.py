@@ -21,6 +21,7 @@ The math, as the official code runs it (facts from models/ltx/ltx_prune_1_4.py):
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 import torch
@@ -100,8 +101,17 @@ class LTXStudentSpec:
             name="tiny-ltx-student",
         )
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> LTXStudentSpec:
+        try:
+            raw = json.loads(text)
+            stages = tuple(StudentStage(**{**s, "op": Op(s["op"])}) for s in raw.pop("stages"))
+            return cls(**{**raw, "mid_op": Op(raw["mid_op"]), "stages": stages})
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"not a valid LTX student spec ({err}): {text[:200]}") from err
 
 
 # ---- layers --------------------------------------------------------------------------------------
@@ -258,7 +268,7 @@ class StudentBody(nn.Module):
 class LTXStudentDecoder(nn.Module):
     """A Flash-VAED LTX student; same calling interface as `LTXTeacherDecoder` (no noise, no timestep)."""
 
-    timestep_conditioning = False
+    timestep_conditioned = False
     injects_noise = False
 
     def __init__(self, spec: LTXStudentSpec | None = None):
@@ -288,7 +298,8 @@ class LTXStudentDecoder(nn.Module):
         timestep is ignored (the student is not timestep-conditioned); spatial_noise must be None.
         """
         if z_raw.ndim != 5 or z_raw.shape[1] != self.latent_channels:
-            raise ValueError(f"expected (B, {self.latent_channels}, T, H, W) latents, got {tuple(z_raw.shape)}")
+            raise ValueError(
+                f"expected (B, {self.latent_channels}, T, H, W) latents, got {tuple(z_raw.shape)}")
         if spatial_noise:
             raise ValueError("the LTX student injects no spatial noise")
         return self.decoder(z_raw)
