@@ -11,8 +11,9 @@ What ComfyUI does when it decodes an LTX latent (comfy.sd.VAE.decode -> VideoVAE
    memory and, for each chunk, calls VideoVAE.decode(x, timestep=0.05, noise_scale=0.025).
 2. Versions 1 and 2 (timestep-conditioned) first replace the chunk by
    `randn_like(x) * 0.025 + 0.975 * x` -- on the NORMALIZED latent, before un-normalizing, with the
-   global RNG of the latent's device (torch.manual_seed seeds it; ComfyUI never does, so two decodes of
-   the same latent differ). The draw happens even for noise_scale 0. Version 0 draws nothing.
+   global RNG of the latent's device. Decode itself never seeds it: its state is whatever the workflow
+   left (KSampler's prepare_noise calls torch.manual_seed(seed), then sampling consumes it), so a cached
+   re-decode of the same latent differs. The draw happens even for noise_scale 0. Version 0 draws nothing.
    `mix_decode_noise` below is that step; call it before `un_normalize`.
 3. Un-normalize per channel: `x * std-of-means + mean-of-means`, then run the decoder with the
    timestep 0.05, which the decoder multiplies by its `timestep_scale_multiplier` (1000.0 in the files).
@@ -25,6 +26,8 @@ What ComfyUI does when it decodes an LTX latent (comfy.sd.VAE.decode -> VideoVAE
    torch.manual_seed'ed ComfyUI decode (CPU: a CPU generator; CUDA: a generator on the latent's device).
 5. The timestep embedding is computed once for the scalar timestep and then `.view(batch, ...)`ed, so
    ComfyUI's decoder raises for a chunk of more than one latent in versions 1/2; here it broadcasts.
+   (A batch only decodes there when memory forces one-latent chunks; its draws then interleave per
+   latent: latent noise of sample 0, its spatial noise, latent noise of sample 1, ...)
 6. The decoder's output is roughly [-1, 1]; VAE.decode returns clamp((x + 1) / 2, 0, 1) moved to
    (B, F, H, W, 3).
 
