@@ -9,10 +9,11 @@ This package never imports ComfyUI.
 
 from .checkpoint.load import load_decoder, save_student
 from .decoder import FlashDecoder
+from .encoder import FlashEncoder, load_encoder
 from .errors import CheckpointError, FlashVAEDError, LatentError
 from .spec import DecoderSpec, Family, Op, StageSpec
 
 __all__ = [
-    "CheckpointError", "DecoderSpec", "Family", "FlashDecoder", "FlashVAEDError", "LatentError", "Op", "StageSpec",
-    "load_decoder", "save_student",
+    "CheckpointError", "DecoderSpec", "Family", "FlashDecoder", "FlashEncoder", "FlashVAEDError",
+    "LatentError", "Op", "StageSpec", "load_decoder", "load_encoder", "save_student",
 ]

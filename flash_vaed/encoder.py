@@ -1,0 +1,322 @@
+"""The teachers' encoders, loaded on their own: real videos -> latents in ComfyUI's LATENT convention.
+
+    from flash_vaed import load_encoder
+    enc = load_encoder("wan_2.1_vae.safetensors")
+    latents = enc.encode(frames)          # frames (B, 3, T, H, W) in [-1, 1]
+    latents = enc.encode_images(images)   # ComfyUI IMAGE (T, H, W, 3) in [0, 1], as VAEEncode does
+
+Decoders stay decoder-only: `load_decoder` never reads an encoder tensor, and `load_encoder` reads only
+the encoder's (plus, for LTX-Video, the two latent statistics).
+
+What ComfyUI's VAEEncode returns (comfy.sd.VAE.encode, 0.3.75), and so what `encode` returns:
+- Wan 2.1 / 2.2: the encoder's mean `mu` (the log-variance half is dropped, nothing is sampled), raw (no
+  latents_mean/std: the model's latent format applies them later). (B, 16, 1 + (T-1)//4, H/8, W/8) for
+  2.1, (B, 48, 1 + (T-1)//4, H/16, W/16) for 2.2.
+- LTX-Video: the means normalized per channel, `(mu - mean-of-means) / std-of-means` with the file's
+  `per_channel_statistics`. (B, 128, 1 + (T-1)//8, H/32, W/32).
+Frame fitting in ComfyUI: VAE.encode centre-crops H and W down to multiples of the spatial stride (offset
+`(size % stride) // 2`); Wan's encode loop silently never reads frames past the last 4k+1; LTX raises for
+T != 8k+1. `encode` refuses such frames with a `FrameError` unless `crop=True`, which does exactly that
+fitting; `encode_images` always fits, like VAEEncode.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .arch.ltx_encoder import V2_ENCODER_KEY, LTXTeacherEncoder
+from .arch.wan_encoder import WanEncoder
+from .checkpoint.io import TensorSource, from_state_dict, open_tensors
+from .checkpoint.load import LTX_STATS, META_FORMAT, Plan, _latent_norm, _materialize, unknown_layout_error
+from .checkpoint.wan_keys import _resnet
+from .engine.decode import ProgressFn
+from .engine.state import DecodeState
+from .errors import CheckpointError, FlashVAEDError
+from .latents import LatentNorm
+from .spec import Family
+
+log = logging.getLogger(__name__)
+
+ENCODE_CHUNK_FRAMES = 4  # ComfyUI's Wan encode feeds 1, then 4, 4, ... frames
+
+
+class FrameError(FlashVAEDError, ValueError):
+    """Frames that do not fit the encoder (layout, frame count, size)."""
+
+
+@dataclass
+class FlashEncoder:
+    """A teacher's encoder ready to run.
+
+    family:  the latent space it writes ("wan21" | "wan22" | "ltxv").
+    module:  the torch module: frames in [-1, 1] in, raw latent means out.
+    latent_norm: turns raw means into ComfyUI's LATENT (LTX: the file's statistics), or None (Wan: raw).
+    layout:  name of the checkpoint layout it was loaded from.
+    """
+
+    family: Family
+    module: nn.Module
+    latent_norm: LatentNorm | None = None
+    layout: str = "unknown"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    @property
+    def time_stride(self) -> int:
+        return self.module.time_stride
+
+    @property
+    def space_stride(self) -> int:
+        return self.module.space_stride
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> FlashEncoder:
+        self.module.to(device=device, dtype=dtype)
+        if self.latent_norm is not None and device is not None:
+            self.latent_norm = LatentNorm(self.latent_norm.mean.to(device), self.latent_norm.std.to(device))
+        return self
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    # ---- frames ----
+
+    def fit_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """What ComfyUI's VAE.encode does to frames (B, 3, T, H, W): centre-crop H and W down to multiples
+        of the spatial stride; for Wan, drop the frames past the last 4k+1 (its encode never reads them).
+        LTX frame counts are left alone (ComfyUI raises for T != 8k+1, and so does `encode`)."""
+        _check_layout(frames)
+        s = self.space_stride
+        for dim in (3, 4):
+            size = frames.shape[dim]
+            keep = size // s * s
+            if keep != size and keep > 0:
+                frames = frames.narrow(dim, (size % s) // 2, keep)
+        t = frames.shape[2]
+        if self.family is not Family.LTXV and t > 0 and (t - 1) % self.time_stride:
+            keep = (t - 1) // self.time_stride * self.time_stride + 1
+            log.warning("Wan encode: %d frames is not 4k+1; the last %d are dropped, as ComfyUI does",
+                        t, t - keep)
+            frames = frames[:, :, :keep]
+        return frames
+
+    def check_frames(self, frames: torch.Tensor) -> None:
+        """Raise `FrameError` unless frames (B, 3, T, H, W) fit this encoder exactly."""
+        _check_layout(frames)
+        _, _, t, h, w = frames.shape
+        ts, s = self.time_stride, self.space_stride
+        name = {Family.WAN21: "Wan 2.1", Family.WAN22: "Wan 2.2", Family.LTXV: "LTX-Video"}[self.family]
+        if t < 1 or (t - 1) % ts:
+            fix = ("ComfyUI refuses other counts too; trim or pad the clip" if self.family is Family.LTXV
+                   else "crop=True drops the trailing frames, as ComfyUI does")
+            raise FrameError(f"the {name} encoder takes 1 + {ts}k frames (1, {1 + ts}, {1 + 2 * ts}, ...), "
+                             f"got {t}: {fix}.")
+        if h < s or w < s or h % s or w % s:
+            raise FrameError(f"the {name} encoder needs height and width that are multiples of {s}, got "
+                             f"{h}x{w}: crop=True centre-crops them, as ComfyUI's VAEEncode does.")
+        if not bool(torch.isfinite(frames).all()):
+            raise FrameError("frames contain NaN/Inf values")
+
+    # ---- encoding ----
+
+    @torch.inference_mode()
+    def encode(self, frames: torch.Tensor, chunk_frames: int | None = ENCODE_CHUNK_FRAMES, *,
+               crop: bool = False, on_progress: ProgressFn | None = None) -> torch.Tensor:
+        """Encode frames (B, 3, T, H, W) in [-1, 1] to ComfyUI latents (B, C, T', H', W'), float32, on the
+        encoder's device (Wan: raw means; LTX: normalized means; see the module docstring).
+
+        chunk_frames: Wan only: frames per streaming step after the first (ComfyUI: 4); None: the whole
+                      clip in one step (same result, more memory). LTX always encodes the whole clip.
+        crop:         fit the frames first as ComfyUI does (`fit_frames`); otherwise they must fit exactly.
+        on_progress(done, total): called after each step.
+        """
+        if crop:
+            frames = self.fit_frames(frames)
+        self.check_frames(frames)
+        x = frames.to(device=self.device, dtype=self.dtype)
+        if self.family is Family.LTXV:
+            raw = self.module(x).float()
+            if on_progress is not None:
+                on_progress(1, 1)
+            return raw if self.latent_norm is None else self.latent_norm.to_comfy(raw)
+        if chunk_frames is not None and chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be positive or None, got {chunk_frames}")
+        state = DecodeState(self.module)
+        chunks = [x] if chunk_frames is None else [x[:, :, :1], *x[:, :, 1:].split(chunk_frames, dim=2)]
+        out = []
+        for i, chunk in enumerate(chunks):
+            out.append(self.module(chunk, state).float())
+            if on_progress is not None:
+                on_progress(i + 1, len(chunks))
+        return torch.cat(out, dim=2)
+
+    def encode_images(self, images: torch.Tensor,
+                      chunk_frames: int | None = ENCODE_CHUNK_FRAMES) -> torch.Tensor:
+        """ComfyUI's VAEEncode: IMAGE (T, H, W, C) in [0, 1] (channels past 3 ignored) -> latents
+        (1, C_lat, T', H', W'), with ComfyUI's crop (see `fit_frames`)."""
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] < 3:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise FrameError(f"images must be a ComfyUI IMAGE (T, H, W, 3) in [0, 1], got {shape}")
+        frames = images[..., :3].movedim(-1, 0).unsqueeze(0).float() * 2.0 - 1.0
+        return self.encode(frames, chunk_frames, crop=True)
+
+
+def _check_layout(frames: torch.Tensor) -> None:
+    if not isinstance(frames, torch.Tensor):
+        raise FrameError(f"frames must be a torch.Tensor, got {type(frames).__name__}")
+    if frames.dim() != 5 or frames.shape[1] != 3:
+        raise FrameError(f"frames must be (B, 3, T, H, W) in [-1, 1], got {tuple(frames.shape)} (a ComfyUI "
+                         "IMAGE (T, H, W, 3) in [0, 1] goes to encode_images)")
+    if not frames.is_floating_point():
+        raise FrameError(f"frames must be floating point in [-1, 1], got {frames.dtype}")
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+
+def diffusers_wan_encoder_to_original(keys: list[str], wan22: bool) -> dict[str, str]:
+    """Map each encoder key of a diffusers AutoencoderKLWan to the original name (others dropped)."""
+    resnets: dict[int, set[int]] = {}
+    for k in keys:
+        if m := re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", k):
+            resnets.setdefault(int(m[1]), set()).add(int(m[2]))
+    out: dict[str, str] = {}
+    for k in keys:
+        new = None
+        if k.startswith("quant_conv."):
+            new = "conv1." + k.split(".", 1)[1]
+        elif k.startswith("encoder.conv_in."):
+            new = "encoder.conv1." + k.split(".", 2)[2]
+        elif k.startswith("encoder.norm_out."):
+            new = "encoder.head.0." + k.split(".", 2)[2]
+        elif k.startswith("encoder.conv_out."):
+            new = "encoder.head.2." + k.split(".", 2)[2]
+        elif m := re.match(r"encoder\.mid_block\.resnets\.(\d)\.(.+)", k):
+            new = f"encoder.middle.{2 * int(m[1])}.{_resnet(m[2])}"
+        elif m := re.match(r"encoder\.mid_block\.attentions\.0\.(.+)", k):
+            new = f"encoder.middle.1.{m[1]}"
+        elif wan22 and (m := re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", k)):
+            new = f"encoder.downsamples.{m[1]}.downsamples.{m[2]}.{_resnet(m[3])}"
+        elif wan22 and (m := re.match(r"encoder\.down_blocks\.(\d+)\.downsampler\.(.+)", k)):
+            # the downsample follows the stage's resnets in the original numbering
+            new = f"encoder.downsamples.{m[1]}.downsamples.{len(resnets.get(int(m[1]), ()))}.{m[2]}"
+        elif not wan22 and (m := re.match(r"encoder\.down_blocks\.(\d+)\.(.+)", k)):
+            new = f"encoder.downsamples.{m[1]}.{_resnet(m[2])}"
+        if new is not None:
+            out[k] = new
+    return out
+
+
+def _strip_prefix(src: TensorSource) -> TensorSource:
+    for prefix in ("vae.", "first_stage_model."):
+        if any(k.startswith(prefix + "encoder.") for k in src.shapes):
+            return src.with_prefix_stripped(prefix)
+    return src
+
+
+def _wan_plan(src: TensorSource, layout: str) -> Plan:
+    shapes = src.shapes
+    wan22 = "encoder.downsamples.0.downsamples.0.residual.2.weight" in shapes
+    try:
+        dim = shapes["encoder.conv1.weight"][0]
+        z_dim = shapes["conv1.weight"][0] // 2
+    except KeyError as err:
+        raise CheckpointError(f"{src.origin}: looks like a Wan VAE encoder but the key {err.args[0]!r} is "
+                              "missing; the file is truncated or edited; nothing was loaded.") from None
+    wanted = {k: k for k in shapes if k.startswith(("encoder.", "conv1."))}
+    family = Family.WAN22 if wan22 else Family.WAN21
+    return Plan(f"{family.value}-encoder{layout}", family, "teacher",
+                lambda: WanEncoder(dim=dim, z_dim=z_dim, wan22=wan22), wanted)
+
+
+def _ltx_plan(src: TensorSource) -> Plan:
+    config = None
+    raw = src.metadata.get("config")
+    if raw:
+        try:
+            config = json.loads(raw).get("vae")
+        except (json.JSONDecodeError, AttributeError):
+            config = None
+    if not all(k in src.shapes for k in LTX_STATS):
+        raise CheckpointError(
+            f"{src.origin}: an LTX-Video VAE without per_channel_statistics (mean-of-means / std-of-means); "
+            "they turn the encoder's raw means into ComfyUI's normalized latents. Use the full VAE file."
+        )
+    wanted = {k: k for k in src.shapes if k.startswith("encoder.")}
+    if config and config.get("encoder_blocks", config.get("blocks")):
+        # the file describes itself, as ComfyUI's checkpoint loaders read it
+        base = src.shapes.get("encoder.conv_in.conv.weight", (128,))[0]
+
+        def build() -> nn.Module:
+            try:
+                return LTXTeacherEncoder.from_comfy_config(config, base_channels=base)
+            except ValueError as err:
+                raise CheckpointError(f"{src.origin}: its metadata config describes an LTX encoder this "
+                                      f"library cannot build ({err})") from err
+
+        return Plan("ltxv-encoder (config)", Family.LTXV, "teacher", build, wanted, LTX_STATS)
+    version = 2 if V2_ENCODER_KEY in src.shapes else 0
+    padding = (config or {}).get("spatial_padding_mode", "zeros")
+    name = "ltxv-0.9.5-encoder" if version == 2 else "ltxv-0.9.0/0.9.1-encoder"
+    return Plan(name, Family.LTXV, "teacher", lambda: LTXTeacherEncoder.for_version(version, padding), wanted,
+                LTX_STATS)
+
+
+def plan_encoder(src: TensorSource) -> tuple[Plan, TensorSource]:
+    """Decide which encoder `src` holds; returns the plan and the source under the plan's key names."""
+    if META_FORMAT in src.metadata:
+        raise CheckpointError(f"{src.origin}: a Flash-VAED student holds a decoder only; load the teacher's "
+                              "VAE file (the one the student was distilled from) to encode.")
+    src = _strip_prefix(src)
+    keys = src.keys()
+    if "encoder.middle.0.residual.0.gamma" in keys or "encoder.conv1.weight" in keys:
+        return _wan_plan(src, ""), src
+    if "encoder.mid_block.attentions.0.to_qkv.weight" in keys and "encoder.conv_in.weight" in keys:
+        wan22 = any(re.match(r"encoder\.down_blocks\.\d+\.resnets\.", k) for k in keys)
+        renamed = src.renamed(diffusers_wan_encoder_to_original(sorted(keys), wan22))
+        return _wan_plan(renamed, "-diffusers"), renamed
+    if "encoder.conv_in.conv.weight" in keys:
+        if any(k.startswith("encoder.down_blocks.0.resnets.") for k in keys):
+            raise CheckpointError(f"{src.origin}: a diffusers LTX-Video VAE; its encoder is not supported "
+                                  "yet. Load the single-file (ComfyUI layout) LTX-Video VAE to encode.")
+        return _ltx_plan(src), src
+    if any(k.startswith("decoder.") for k in keys):
+        raise CheckpointError(f"{src.origin}: holds a decoder but no encoder tensors (encoder.*): a "
+                              "decoder-only file cannot encode. Load the full VAE file of the model.")
+    raise unknown_layout_error(src)
+
+
+def build_encoder(src: TensorSource, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> FlashEncoder:
+    plan, view = plan_encoder(src)
+    module = _materialize(plan, view).eval().requires_grad_(False).to(device=device, dtype=dtype)
+    norm = _latent_norm(plan, view)
+    if norm is not None:
+        norm = LatentNorm(norm.mean.to(device), norm.std.to(device))
+    info = {"origin": src.origin, "parameters": sum(p.numel() for p in module.parameters())}
+    return FlashEncoder(plan.family, module, norm, plan.layout, info)
+
+
+def load_encoder(source: str | os.PathLike | Mapping[str, torch.Tensor], device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> FlashEncoder:
+    """Load a teacher's encoder from a VAE file (.safetensors/.pth/...), a diffusers Wan folder, or a state
+    dict (keys may carry a `vae.` prefix). Strict: missing or unexpected encoder keys raise CheckpointError.
+
+    Only the encoder's tensors are read (plus LTX's latent statistics); the decoder stays on disk.
+    """
+    src = from_state_dict(source) if isinstance(source, Mapping) else open_tensors(source)
+    return build_encoder(src, device, dtype)
