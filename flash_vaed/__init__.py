@@ -14,6 +14,16 @@ from .errors import CheckpointError, FlashVAEDError, LatentError
 from .spec import DecoderSpec, Family, Op, StageSpec
 
 __all__ = [
-    "CheckpointError", "DecoderSpec", "Family", "FlashDecoder", "FlashEncoder", "FlashVAEDError",
-    "LatentError", "Op", "StageSpec", "load_decoder", "load_encoder", "save_student",
+    "CheckpointError",
+    "DecoderSpec",
+    "Family",
+    "FlashDecoder",
+    "FlashEncoder",
+    "FlashVAEDError",
+    "LatentError",
+    "Op",
+    "StageSpec",
+    "load_decoder",
+    "load_encoder",
+    "save_student",
 ]

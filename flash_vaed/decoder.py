@@ -58,8 +58,9 @@ class FlashDecoder:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> FlashDecoder:
         self.module.to(device=device, dtype=dtype)
         if self.latent_norm is not None:
-            self.latent_norm = LatentNorm(self.latent_norm.mean.to(device or "cpu"),
-                                          self.latent_norm.std.to(device or "cpu"))
+            self.latent_norm = LatentNorm(
+                self.latent_norm.mean.to(device or "cpu"), self.latent_norm.std.to(device or "cpu")
+            )
         return self
 
     def num_parameters(self) -> int:
@@ -96,11 +97,14 @@ class FlashDecoder:
         region = self._region(z, timestep, noise_scale, generator)
         return run_decode(region, region.prepare(z), plan, on_progress, out_device=out_device or self.device)
 
-    def _region(self, z: torch.Tensor, timestep: float, noise_scale: float, generator: torch.Generator | None):
+    def _region(
+        self, z: torch.Tensor, timestep: float, noise_scale: float, generator: torch.Generator | None
+    ):
         if self.causal:
             return _CausalRegion(self.module, self.dtype)
-        return _WindowedRegion(self.module, self.dtype, self.latent_norm, z.shape, timestep, noise_scale,
-                               generator)
+        return _WindowedRegion(
+            self.module, self.dtype, self.latent_norm, z.shape, timestep, noise_scale, generator
+        )
 
 
 class _CausalRegion:
@@ -135,6 +139,7 @@ class _WindowedRegion:
         self.time_stride = module.time_stride
         self.space_stride = module.space_stride
         self.temporal_halo = module.temporal_halo
+        self.temporal_context = tuple(getattr(module, "temporal_context", (module.temporal_halo,) * 2))
         self.conditioned = bool(getattr(module, "timestep_conditioned", False))
         self.timestep = timestep if self.conditioned else None
         self.noise_scale = noise_scale if self.conditioned else 0.0
@@ -145,12 +150,17 @@ class _WindowedRegion:
     def prepare(self, z: torch.Tensor) -> torch.Tensor:
         from .arch.ltx import mix_decode_noise
 
-        if self.noise_scale > 0:
+        # ComfyUI draws the latent noise even at scale 0, then un-normalizes, then the decoder draws its
+        # injected noise: same order here, so a seeded generator reproduces a seeded ComfyUI decode
+        if self.conditioned:
             z = mix_decode_noise(z, self.noise_scale, self.generator)
         if self.latent_norm is not None:
             z = self.latent_norm.to_raw(z)
-        if self.noise_scale > 0 and hasattr(self.module, "draw_spatial_noise"):
-            self.spatial_noise = self.module.draw_spatial_noise(self.latent_hw, self.generator, z.device, self.dtype)
+        if getattr(self.module, "injects_noise", False):
+            # drawn once for the whole latent, so every window and tile sees the same noise
+            self.spatial_noise = self.module.draw_spatial_noise(
+                self.latent_hw, self.generator, z.device, self.dtype
+            )
         return z
 
     def new_stream(self) -> None:
@@ -160,7 +170,8 @@ class _WindowedRegion:
         kwargs = {}
         if self.conditioned:
             kwargs["timestep"] = self.timestep
-            if self.spatial_noise is not None:
-                kwargs["spatial_noise"] = self.module.crop_spatial_noise(
-                    self.spatial_noise, tile.y0, tile.y1, tile.x0, tile.x1)
+        if self.spatial_noise is not None:
+            kwargs["spatial_noise"] = self.module.crop_spatial_noise(
+                self.spatial_noise, tile.y0, tile.y1, tile.x0, tile.x1
+            )
         return self.module(z.to(self.dtype), **kwargs)

@@ -108,8 +108,14 @@ class DecoderSpec:
         raw = json.loads(text)
         try:
             stages = tuple(StageSpec(**{**s, "op": Op(s["op"])}) for s in raw.pop("stages"))
-            return cls(**{**raw, "family": Family(raw["family"]), "middle_op": Op(raw["middle_op"]),
-                          "stages": stages})
+            return cls(
+                **{
+                    **raw,
+                    "family": Family(raw["family"]),
+                    "middle_op": Op(raw["middle_op"]),
+                    "stages": stages,
+                }
+            )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a valid decoder spec ({err}): {text[:200]}") from err
 
@@ -119,7 +125,9 @@ class DecoderSpec:
     def wan21_teacher(cls, dim: int = 96) -> DecoderSpec:
         """Wan 2.1 VAE decoder (dim 96 in the released file); widths follow dim * [4, 4, 2, 1]."""
         return cls(
-            family=Family.WAN21, middle_width=4 * dim, middle_op=Op.FULL_3D,
+            family=Family.WAN21,
+            middle_width=4 * dim,
+            middle_op=Op.FULL_3D,
             stages=(
                 StageSpec(4 * dim, Op.FULL_3D, 3, up_out=2 * dim, up_time=True),
                 StageSpec(4 * dim, Op.FULL_3D, 3, up_out=2 * dim, up_time=True),
@@ -134,7 +142,9 @@ class DecoderSpec:
         """The official Flash-VAED Wan 2.1 student (Flash_VAED_Wan.pth): deep stages depthwise-separable
         at full width, shallow stages per-frame 2D at 12.5% width."""
         return cls(
-            family=Family.WAN21, middle_width=384, middle_op=Op.DEPTHWISE_3D,
+            family=Family.WAN21,
+            middle_width=384,
+            middle_op=Op.DEPTHWISE_3D,
             stages=(
                 StageSpec(384, Op.DEPTHWISE_3D, 3, up_out=192, up_time=True),
                 StageSpec(384, Op.DEPTHWISE_3D, 3, up_out=24, up_time=True),
@@ -145,11 +155,14 @@ class DecoderSpec:
         )
 
     @classmethod
-    def tiny(cls, family: Family = Family.WAN21, op_deep: Op = Op.DEPTHWISE_3D,
-             op_shallow: Op = Op.FRAME_2D) -> DecoderSpec:
+    def tiny(
+        cls, family: Family = Family.WAN21, op_deep: Op = Op.DEPTHWISE_3D, op_shallow: Op = Op.FRAME_2D
+    ) -> DecoderSpec:
         """A two-upsample, 8-channel decoder that runs in milliseconds on CPU (tests)."""
         return cls(
-            family=family, middle_width=16, middle_op=op_deep,
+            family=family,
+            middle_width=16,
+            middle_op=op_deep,
             stages=(
                 StageSpec(16, op_deep, 1, up_out=8, up_time=True),
                 StageSpec(8, op_deep, 1, up_out=8, up_time=True),

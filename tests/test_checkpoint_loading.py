@@ -40,6 +40,7 @@ def _latent(channels: int = 16, seed: int = 1234) -> torch.Tensor:
 
 # ---- shared real-size Wan 2.1 weights and files ------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def wan_sd() -> dict[str, torch.Tensor]:
     """Seeded Wan 2.1 weights in the original (ComfyUI) layout, decoder side only. Do not mutate."""
@@ -65,27 +66,41 @@ def wan_pth(wan_sd: dict, wan_dir: Path) -> Path:
     return path
 
 
-_WAN_RESNET = {"residual.0": "norm1", "residual.2": "conv1", "residual.3": "norm2", "residual.6": "conv2",
-               "shortcut": "conv_shortcut"}
+_WAN_RESNET = {
+    "residual.0": "norm1",
+    "residual.2": "conv1",
+    "residual.3": "norm2",
+    "residual.6": "conv2",
+    "shortcut": "conv_shortcut",
+}
 
 
 def wan21_original_to_diffusers(key: str) -> str:
     """diffusers AutoencoderKLWan name of an original Wan 2.1 key (diffusers' convert_wan_to_diffusers)."""
+
     def resnet(rest: str) -> str:
         for old, new in _WAN_RESNET.items():
             if rest.startswith(old + "."):
-                return new + rest[len(old):]
+                return new + rest[len(old) :]
         raise AssertionError(rest)
 
-    simple = {"conv1.": "quant_conv.", "conv2.": "post_quant_conv.", "decoder.conv1.": "decoder.conv_in.",
-              "decoder.head.0.": "decoder.norm_out.", "decoder.head.2.": "decoder.conv_out."}
+    simple = {
+        "conv1.": "quant_conv.",
+        "conv2.": "post_quant_conv.",
+        "decoder.conv1.": "decoder.conv_in.",
+        "decoder.head.0.": "decoder.norm_out.",
+        "decoder.head.2.": "decoder.conv_out.",
+    }
     for old, new in simple.items():
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     if m := re.fullmatch(r"decoder\.middle\.(\d)\.(.+)", key):
         n = int(m[1])
-        return (f"decoder.mid_block.attentions.0.{m[2]}" if n == 1
-                else f"decoder.mid_block.resnets.{n // 2}.{resnet(m[2])}")
+        return (
+            f"decoder.mid_block.attentions.0.{m[2]}"
+            if n == 1
+            else f"decoder.mid_block.resnets.{n // 2}.{resnet(m[2])}"
+        )
     if m := re.fullmatch(r"decoder\.upsamples\.(\d+)\.(.+)", key):
         block, j = divmod(int(m[1]), 4)
         if j == 3:
@@ -97,10 +112,12 @@ def wan21_original_to_diffusers(key: str) -> str:
 def test_wan_rename_used_below_gives_the_real_diffusers_layout() -> None:
     original = manifest_shapes(load_manifest("wan21_comfy"))
     diffusers = manifest_shapes(load_manifest("diffusers_wan21"))
-    renamed = {wan21_original_to_diffusers(k): s for k, s in original.items()
-               if k.startswith(WAN_DECODE_KEYS)}
-    assert renamed == {k: s for k, s in diffusers.items()
-                       if k.startswith(("decoder.", "post_quant_conv.", "quant_conv."))}
+    renamed = {
+        wan21_original_to_diffusers(k): s for k, s in original.items() if k.startswith(WAN_DECODE_KEYS)
+    }
+    assert renamed == {
+        k: s for k, s in diffusers.items() if k.startswith(("decoder.", "post_quant_conv.", "quant_conv."))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +125,10 @@ def wan_diffusers_folder(wan_sd: dict, wan_dir: Path) -> Path:
     """A diffusers model folder whose vae/ holds the SAME values as wan_sd under diffusers names."""
     root = wan_dir / "Wan2.1-T2V-1.3B-Diffusers"
     (root / "vae").mkdir(parents=True)
-    save_file({wan21_original_to_diffusers(k): v for k, v in wan_sd.items()},
-              root / "vae" / "diffusion_pytorch_model.safetensors")
+    save_file(
+        {wan21_original_to_diffusers(k): v for k, v in wan_sd.items()},
+        root / "vae" / "diffusion_pytorch_model.safetensors",
+    )
     config = {"_class_name": "AutoencoderKLWan", **load_manifest("diffusers_wan21")["config"]}
     (root / "vae" / "config.json").write_text(json.dumps(config))
     return root
@@ -123,15 +142,20 @@ def wan_frames(wan_sd: dict) -> torch.Tensor:
 
 # ---- Wan 2.1 teacher from every source ---------------------------------------------------------------
 
-@pytest.mark.parametrize("source",
-                         ["safetensors", "pth", "state_dict", "diffusers_folder", "diffusers_vae_dir"])
-def test_wan21_teacher_loads_from_every_source(source: str, request: pytest.FixtureRequest, wan_sd: dict,
-                                               wan_frames: torch.Tensor) -> None:
-    where = {"safetensors": lambda: request.getfixturevalue("wan_safetensors"),
-             "pth": lambda: request.getfixturevalue("wan_pth"),
-             "state_dict": lambda: wan_sd,
-             "diffusers_folder": lambda: request.getfixturevalue("wan_diffusers_folder"),
-             "diffusers_vae_dir": lambda: request.getfixturevalue("wan_diffusers_folder") / "vae"}[source]()
+
+@pytest.mark.parametrize(
+    "source", ["safetensors", "pth", "state_dict", "diffusers_folder", "diffusers_vae_dir"]
+)
+def test_wan21_teacher_loads_from_every_source(
+    source: str, request: pytest.FixtureRequest, wan_sd: dict, wan_frames: torch.Tensor
+) -> None:
+    where = {
+        "safetensors": lambda: request.getfixturevalue("wan_safetensors"),
+        "pth": lambda: request.getfixturevalue("wan_pth"),
+        "state_dict": lambda: wan_sd,
+        "diffusers_folder": lambda: request.getfixturevalue("wan_diffusers_folder"),
+        "diffusers_vae_dir": lambda: request.getfixturevalue("wan_diffusers_folder") / "vae",
+    }[source]()
     dec = load_decoder(where)
     assert isinstance(dec, FlashDecoder)
     assert (dec.family, dec.role) == (Family.WAN21, "teacher")
@@ -143,8 +167,9 @@ def test_wan21_teacher_loads_from_every_source(source: str, request: pytest.Fixt
     torch.testing.assert_close(frames, wan_frames, rtol=0, atol=0)
 
 
-def test_wan_loaded_values_are_the_files_values(wan_safetensors: Path, wan_diffusers_folder: Path,
-                                                wan_sd: dict) -> None:
+def test_wan_loaded_values_are_the_files_values(
+    wan_safetensors: Path, wan_diffusers_folder: Path, wan_sd: dict
+) -> None:
     for source in (wan_safetensors, wan_diffusers_folder):
         state = load_decoder(source).module.state_dict()
         assert set(state) == {k for k in wan_sd if not k.startswith("conv1.")}
@@ -153,11 +178,14 @@ def test_wan_loaded_values_are_the_files_values(wan_safetensors: Path, wan_diffu
 
 # ---- detection ignores names ---------------------------------------------------------------------------
 
+
 def test_detection_ignores_file_names(wan_safetensors: Path, wan_pth: Path, tmp_path: Path) -> None:
-    names = {"ltx_vae.safetensors": wan_safetensors,          # misleading name
-             "Flash_VAED_LTX.pth": wan_safetensors,           # safetensors content, pickle suffix
-             "wan_as_safetensors.safetensors": wan_pth,       # zip pickle content, safetensors suffix
-             "no_suffix": wan_safetensors}
+    names = {
+        "ltx_vae.safetensors": wan_safetensors,  # misleading name
+        "Flash_VAED_LTX.pth": wan_safetensors,  # safetensors content, pickle suffix
+        "wan_as_safetensors.safetensors": wan_pth,  # zip pickle content, safetensors suffix
+        "no_suffix": wan_safetensors,
+    }
     for name, target in names.items():
         try:
             os.link(target, tmp_path / name)
@@ -179,6 +207,7 @@ def test_state_dict_wrappers_and_all_in_one_prefix_are_unwrapped(tmp_path: Path)
 
 # ---- the official Flash-VAED Wan student -------------------------------------------------------------
 
+
 def test_official_flashvaed_wan_pth_is_the_student_and_decodes_like_the_official_code(tmp_path: Path) -> None:
     sd = generate(load_manifest("flashvaed_wan_official"), seed=0)
     path = tmp_path / "Flash_VAED_Wan.pth"
@@ -193,6 +222,7 @@ def test_official_flashvaed_wan_pth_is_the_student_and_decodes_like_the_official
 
 
 # ---- our own students: save / reload ---------------------------------------------------------------------
+
 
 def test_save_student_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
@@ -234,6 +264,7 @@ def test_future_format_version_is_refused(tmp_path: Path) -> None:
 
 # ---- broken and hostile files ------------------------------------------------------------------------
 
+
 def test_truncated_safetensors_is_refused(wan_safetensors: Path, tmp_path: Path) -> None:
     data = wan_safetensors.read_bytes()
     for name, size in (("half.safetensors", len(data) // 2), ("header_cut.safetensors", 64)):
@@ -259,9 +290,13 @@ def test_zero_byte_file_is_refused(tmp_path: Path, name: str) -> None:
         load_decoder(tmp_path / name)
 
 
-@pytest.mark.parametrize(("name", "message"),
-                         [("noise.safetensors", "not a readable safetensors file"),
-                          ("noise.pth", "neither a PyTorch checkpoint nor safetensors")])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("noise.safetensors", "not a readable safetensors file"),
+        ("noise.pth", "neither a PyTorch checkpoint nor safetensors"),
+    ],
+)
 def test_random_bytes_are_refused(tmp_path: Path, name: str, message: str) -> None:
     data = random.Random(0).randbytes(4096)
     assert data[:1] != b"\x80" and data[:2] != b"PK"
@@ -290,8 +325,10 @@ class _TouchOnLoad:
 def test_pickle_that_runs_code_is_refused_without_running_it(tmp_path: Path, kind: str) -> None:
     target = tmp_path / "pwned"
     path = tmp_path / "Wan2.1_VAE.pth"
-    payload = {"decoder.conv1.weight": torch.zeros(1),
-               "decoder.middle.0.residual.0.gamma": _TouchOnLoad(target)}
+    payload = {
+        "decoder.conv1.weight": torch.zeros(1),
+        "decoder.middle.0.residual.0.gamma": _TouchOnLoad(target),
+    }
     if kind == "zip":
         torch.save(payload, path, pickle_protocol=4)
     elif kind == "legacy":
@@ -329,11 +366,13 @@ def test_wan_state_dict_with_a_wrong_shape_names_it(wan_sd: dict) -> None:
 
 
 def _sd_image_vae(latent_channels: int) -> dict[str, torch.Tensor]:
-    return {"decoder.conv_in.weight": torch.zeros(512, latent_channels, 3, 3),
-            "decoder.conv_in.bias": torch.zeros(512),
-            "decoder.mid.block_1.norm1.weight": torch.zeros(512),
-            "decoder.mid.block_1.conv1.weight": torch.zeros(512, 512, 3, 3),
-            "encoder.conv_in.weight": torch.zeros(128, 3, 3, 3)}
+    return {
+        "decoder.conv_in.weight": torch.zeros(512, latent_channels, 3, 3),
+        "decoder.conv_in.bias": torch.zeros(512),
+        "decoder.mid.block_1.norm1.weight": torch.zeros(512),
+        "decoder.mid.block_1.conv1.weight": torch.zeros(512, 512, 3, 3),
+        "encoder.conv_in.weight": torch.zeros(128, 3, 3, 3),
+    }
 
 
 @pytest.mark.parametrize(("channels", "named"), [(4, "SD 1.x / SDXL"), (16, "Flux / SD3")])
@@ -361,6 +400,7 @@ def test_integer_tensor_is_refused(wan_sd: dict) -> None:
 
 # ---- contained paths -----------------------------------------------------------------------------------
 
+
 def test_safe_child_keeps_names_inside_the_root(tmp_path: Path) -> None:
     root = tmp_path / "models" / "vae"
     root.mkdir(parents=True)
@@ -372,9 +412,15 @@ def test_safe_child_keeps_names_inside_the_root(tmp_path: Path) -> None:
     assert safe_child(root, "wan.safetensors") == root.resolve() / "wan.safetensors"
     assert safe_child(root, "sub/wan.safetensors") == root.resolve() / "sub" / "wan.safetensors"
     assert safe_child(root, "ok_link/x.pth") == root.resolve() / "inner" / "x.pth"
-    refused = [("../x", "tries to leave"), ("sub/../../x", "tries to leave"),
-               ("/etc/passwd", "tries to leave"), ("escape/x.safetensors", "symlink"), ("escape", "symlink"),
-               ("", "invalid"), ("a\x00b", "invalid")]
+    refused = [
+        ("../x", "tries to leave"),
+        ("sub/../../x", "tries to leave"),
+        ("/etc/passwd", "tries to leave"),
+        ("escape/x.safetensors", "symlink"),
+        ("escape", "symlink"),
+        ("", "invalid"),
+        ("a\x00b", "invalid"),
+    ]
     for name, why in refused:
         with pytest.raises(CheckpointError, match=why):
             safe_child(root, name)
@@ -382,10 +428,11 @@ def test_safe_child_keeps_names_inside_the_root(tmp_path: Path) -> None:
 
 # ---- half-precision files --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float16, 3e-3), (torch.bfloat16, 3e-2)])
-def test_half_precision_files_load_as_float32_and_decode_close(wan_sd: dict, wan_frames: torch.Tensor,
-                                                               tmp_path: Path, dtype: torch.dtype,
-                                                               tol: float) -> None:
+def test_half_precision_files_load_as_float32_and_decode_close(
+    wan_sd: dict, wan_frames: torch.Tensor, tmp_path: Path, dtype: torch.dtype, tol: float
+) -> None:
     path = tmp_path / f"wan_2.1_vae_{str(dtype).split('.')[-1]}.safetensors"
     save_file({k: v.to(dtype) for k, v in wan_sd.items()}, path)
     with safe_open(str(path), framework="pt") as f:

@@ -55,7 +55,7 @@ def test_tile_plan_covers_and_overlaps():
     covered = torch.zeros(30, 52)
     for t in tiles:
         assert t.y1 - t.y0 <= 16 and t.x1 - t.x0 <= 16
-        covered[t.y0:t.y1, t.x0:t.x1] += 1
+        covered[t.y0 : t.y1, t.x0 : t.x1] += 1
     assert covered.min() >= 1
     assert plan_tiles((5, 5), 16, 4) == plan_tiles((5, 5), 5, 0)  # one tile when the latent fits
 
@@ -95,7 +95,13 @@ def test_tiled_streaming_equals_tiled_whole():
 def test_progress_is_reported_per_chunk_and_tile():
     dec = _decoder()
     calls = []
-    dec.decode(_z(t=5, h=12, w=12), chunk_frames=2, tile_px=64, overlap_px=16, on_progress=lambda d, t: calls.append((d, t)))
+    dec.decode(
+        _z(t=5, h=12, w=12),
+        chunk_frames=2,
+        tile_px=64,
+        overlap_px=16,
+        on_progress=lambda d, t: calls.append((d, t)),
+    )
     n_tiles = len(plan_tiles((12, 12), 8, 2))
     assert calls[-1] == (3 * n_tiles, 3 * n_tiles)
     assert [d for d, _ in calls] == list(range(1, 3 * n_tiles + 1))
@@ -130,8 +136,13 @@ def test_low_precision_decode_runs_close(dtype):
 
 @pytest.mark.parametrize(
     "shape,match",
-    [((1, 4, 8, 8), "image latent"), ((1, 4, 3, 8, 8), "SD 1.x"), ((1, 128, 3, 2, 2), "LTX-Video"),
-     ((1, 16, 0, 2, 2), "empty"), ((16, 3, 2, 2), "5-D|image")],
+    [
+        ((1, 4, 8, 8), "image latent"),
+        ((1, 4, 3, 8, 8), "SD 1.x"),
+        ((1, 128, 3, 2, 2), "LTX-Video"),
+        ((1, 16, 0, 2, 2), "empty"),
+        ((16, 3, 2, 2), "5-D|image"),
+    ],
 )
 def test_wrong_latents_get_clear_errors(shape, match):
     with pytest.raises(LatentError, match=match):

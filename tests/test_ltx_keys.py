@@ -23,8 +23,10 @@ from flash_vaed.checkpoint.ltx_keys import diffusers_ltx_to_original
 from flash_vaed.errors import CheckpointError
 from support.reference_weights import load_manifest, manifest_shapes
 
-STATS = {"latents_mean": "per_channel_statistics.mean-of-means",
-         "latents_std": "per_channel_statistics.std-of-means"}
+STATS = {
+    "latents_mean": "per_channel_statistics.mean-of-means",
+    "latents_std": "per_channel_statistics.std-of-means",
+}
 PAIRS = [("diffusers_ltx_090", "ltx_comfy_v0"), ("diffusers_ltx_091", "ltx_comfy_v1")]
 
 
@@ -33,6 +35,7 @@ def _decoder_view(shapes: dict[str, tuple[int, ...]], stats: set[str]) -> dict[s
 
 
 # ---- names: the real manifests ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(("diffusers_name", "comfy_name"), PAIRS)
 def test_real_layouts_map_one_to_one_with_equal_shapes(diffusers_name: str, comfy_name: str) -> None:
@@ -69,27 +72,25 @@ KNOWN_090 = {
     **STATS,
 }
 KNOWN_091 = {
-    "decoder.mid_block.time_embedder.timestep_embedder.linear_1.weight":
-        "decoder.up_blocks.0.time_embedder.timestep_embedder.linear_1.weight",
+    "decoder.mid_block.time_embedder.timestep_embedder.linear_1.weight": "decoder.up_blocks.0.time_embedder.timestep_embedder.linear_1.weight",
     "decoder.mid_block.resnets.7.scale_shift_table": "decoder.up_blocks.0.res_blocks.7.scale_shift_table",
     "decoder.up_blocks.0.upsamplers.0.conv.conv.weight": "decoder.up_blocks.1.conv.conv.weight",
-    "decoder.up_blocks.0.time_embedder.timestep_embedder.linear_2.bias":
-        "decoder.up_blocks.2.time_embedder.timestep_embedder.linear_2.bias",
+    "decoder.up_blocks.0.time_embedder.timestep_embedder.linear_2.bias": "decoder.up_blocks.2.time_embedder.timestep_embedder.linear_2.bias",
     "decoder.up_blocks.0.resnets.6.per_channel_scale2": "decoder.up_blocks.2.res_blocks.6.per_channel_scale2",
     "decoder.up_blocks.1.upsamplers.0.conv.conv.bias": "decoder.up_blocks.3.conv.conv.bias",
     "decoder.up_blocks.1.resnets.5.scale_shift_table": "decoder.up_blocks.4.res_blocks.5.scale_shift_table",
     "decoder.up_blocks.2.upsamplers.0.conv.conv.weight": "decoder.up_blocks.5.conv.conv.weight",
     "decoder.up_blocks.2.resnets.4.per_channel_scale1": "decoder.up_blocks.6.res_blocks.4.per_channel_scale1",
-    "decoder.time_embedder.timestep_embedder.linear_1.weight":
-        "decoder.last_time_embedder.timestep_embedder.linear_1.weight",
+    "decoder.time_embedder.timestep_embedder.linear_1.weight": "decoder.last_time_embedder.timestep_embedder.linear_1.weight",
     "decoder.scale_shift_table": "decoder.last_scale_shift_table",
     "decoder.timestep_scale_multiplier": "decoder.timestep_scale_multiplier",
     **STATS,
 }
 
 
-@pytest.mark.parametrize(("manifest", "known"),
-                         [("diffusers_ltx_090", KNOWN_090), ("diffusers_ltx_091", KNOWN_091)])
+@pytest.mark.parametrize(
+    ("manifest", "known"), [("diffusers_ltx_090", KNOWN_090), ("diffusers_ltx_091", KNOWN_091)]
+)
 def test_matches_diffusers_converter_table(manifest: str, known: dict[str, str]) -> None:
     shapes = manifest_shapes(load_manifest(manifest))
     mapping = diffusers_ltx_to_original(set(shapes), shapes)
@@ -98,8 +99,11 @@ def test_matches_diffusers_converter_table(manifest: str, known: dict[str, str])
 
 def _diffusers_part(key: str) -> tuple[str, str] | None:
     """(owner, part) of a block key: part is conv_in, upsamplers.0 or stack (resnets + time_embedder)."""
-    m = re.match(r"(decoder\.(?:mid_block|up_blocks\.\d+))\."
-                 r"(conv_in|upsamplers\.0|resnets|time_embedder)\.", key)
+    m = re.match(
+        r"(decoder\.(?:mid_block|up_blocks\.\d+))\."
+        r"(conv_in|upsamplers\.0|resnets|time_embedder)\.",
+        key,
+    )
     if m is None:
         return None
     return m[1], "stack" if m[2] in ("resnets", "time_embedder") else m[2]
@@ -121,8 +125,15 @@ def test_resnet_index_is_kept_and_each_diffusers_part_is_one_comfy_block(manifes
 
 
 # diffusers' 0.9.5 converter (VAE_095_RENAME_DICT): ComfyUI v2 decoder block -> diffusers part
-TABLE_095 = {0: "mid_block", 1: "up_blocks.0.upsamplers.0", 2: "up_blocks.0", 3: "up_blocks.1.upsamplers.0",
-             4: "up_blocks.1", 5: "up_blocks.2.upsamplers.0", 6: "up_blocks.2"}
+TABLE_095 = {
+    0: "mid_block",
+    1: "up_blocks.0.upsamplers.0",
+    2: "up_blocks.0",
+    3: "up_blocks.1.upsamplers.0",
+    4: "up_blocks.1",
+    5: "up_blocks.2.upsamplers.0",
+    6: "up_blocks.2",
+}
 
 
 def comfy_v2_to_diffusers(key: str) -> str | None:
@@ -145,30 +156,45 @@ def test_095_layout_maps_back_onto_comfy_v2() -> None:
 
 
 def test_unknown_decoder_keys_stay_visible_and_encoder_keys_are_dropped() -> None:
-    keys = {"decoder.conv_in.conv.weight", "decoder.norm_out.weight", "encoder.conv_in.conv.weight",
-            "latents_std", "decoder.mid_block.resnets.0.conv1.conv.weight"}
+    keys = {
+        "decoder.conv_in.conv.weight",
+        "decoder.norm_out.weight",
+        "encoder.conv_in.conv.weight",
+        "latents_std",
+        "decoder.mid_block.resnets.0.conv1.conv.weight",
+    }
     mapping = diffusers_ltx_to_original(keys, {})
     assert mapping["decoder.norm_out.weight"] == "decoder.norm_out.weight"  # the strict loader will name it
     assert "encoder.conv_in.conv.weight" not in mapping
     assert mapping["latents_std"] == "per_channel_statistics.std-of-means"
-    assert (mapping["decoder.mid_block.resnets.0.conv1.conv.weight"]
-            == "decoder.up_blocks.0.res_blocks.0.conv1.conv.weight")
+    assert (
+        mapping["decoder.mid_block.resnets.0.conv1.conv.weight"]
+        == "decoder.up_blocks.0.res_blocks.0.conv1.conv.weight"
+    )
 
 
 def test_two_keys_on_one_name_is_an_error() -> None:
     # an unknown key spelled like a ComfyUI key collides with the renamed diffusers key
-    keys = {"decoder.mid_block.resnets.0.conv1.conv.weight",
-            "decoder.up_blocks.0.res_blocks.0.conv1.conv.weight"}
+    keys = {
+        "decoder.mid_block.resnets.0.conv1.conv.weight",
+        "decoder.up_blocks.0.res_blocks.0.conv1.conv.weight",
+    }
     with pytest.raises(CheckpointError, match="both map to"):
         diffusers_ltx_to_original(keys, {})
 
 
 # ---- meaning: a diffusers-layout decoder run with diffusers' formulas --------------------------------
 
+
 def diffusers_decoder_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     """Decoder keys and shapes AutoencoderKLLTXVideo(**cfg) has (its LTXVideoDecoder3d constructor)."""
-    names = ("decoder_block_out_channels", "decoder_spatio_temporal_scaling", "decoder_layers_per_block",
-             "decoder_inject_noise", "upsample_factor")
+    names = (
+        "decoder_block_out_channels",
+        "decoder_spatio_temporal_scaling",
+        "decoder_layers_per_block",
+        "decoder_inject_noise",
+        "upsample_factor",
+    )
     rev = {k: tuple(reversed(cfg[k])) for k in names}
     cond = cfg["timestep_conditioning"]
     shapes: dict[str, tuple[int, ...]] = {}
@@ -178,10 +204,14 @@ def diffusers_decoder_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
         shapes[f"{name}.conv.bias"] = (cout,)
 
     def embedder(name: str, dim: int) -> None:
-        shapes.update({f"{name}.timestep_embedder.linear_1.weight": (dim, 256),
-                       f"{name}.timestep_embedder.linear_1.bias": (dim,),
-                       f"{name}.timestep_embedder.linear_2.weight": (dim, dim),
-                       f"{name}.timestep_embedder.linear_2.bias": (dim,)})
+        shapes.update(
+            {
+                f"{name}.timestep_embedder.linear_1.weight": (dim, 256),
+                f"{name}.timestep_embedder.linear_1.bias": (dim,),
+                f"{name}.timestep_embedder.linear_2.weight": (dim, dim),
+                f"{name}.timestep_embedder.linear_2.bias": (dim,),
+            }
+        )
 
     def resnet(name: str, cin: int, cout: int, noisy: bool) -> None:
         conv(f"{name}.conv1", cin, cout)
@@ -275,8 +305,9 @@ def _resnet(sd: dict, p: str, x: Tensor, temb: Tensor | None, noise: list[Tensor
         noise.append(torch.randn(h.shape[-2:]))
         h = h + (noise[-1][None] * sd[f"{p}.per_channel_scale2"])[None, :, None, ...]
     if f"{p}.norm3.weight" in sd:
-        x = F.layer_norm(x.movedim(1, -1), x.shape[1:2], sd[f"{p}.norm3.weight"], sd[f"{p}.norm3.bias"],
-                         1e-6).movedim(-1, 1)
+        x = F.layer_norm(
+            x.movedim(1, -1), x.shape[1:2], sd[f"{p}.norm3.weight"], sd[f"{p}.norm3.bias"], 1e-6
+        ).movedim(-1, 1)
         x = _conv(sd, f"{p}.conv_shortcut", x)
     return h + x
 
@@ -329,23 +360,52 @@ def diffusers_decode(sd: dict, cfg: dict, z: Tensor, timestep: float, noise: lis
 
 
 # Reduced decoders of both real kinds, and the ComfyUI block lists (deep-last) that build the same decoder.
-SMALL_090 = {"latent_channels": 128, "out_channels": 3, "patch_size": 4, "timestep_conditioning": False,
-             "decoder_block_out_channels": (4, 8, 16, 16), "decoder_layers_per_block": (1, 1, 1, 2, 1),
-             "decoder_spatio_temporal_scaling": (True, True, True, False),
-             "decoder_inject_noise": (False,) * 5, "upsample_residual": (False,) * 4,
-             "upsample_factor": (1,) * 4}
-COMFY_090 = [["res_x", 1], ["compress_all", 1], ["res_x_y", 1], ["res_x", 1], ["compress_all", 1],
-             ["res_x_y", 1], ["res_x", 1], ["compress_all", 1], ["res_x", 2], ["res_x", 1]]
-SMALL_091 = {"latent_channels": 128, "out_channels": 3, "patch_size": 4, "timestep_conditioning": True,
-             "decoder_block_out_channels": (8, 16, 32), "decoder_layers_per_block": (1, 2, 1, 2),
-             "decoder_spatio_temporal_scaling": (True, True, True),
-             "decoder_inject_noise": (True, True, True, False),
-             "upsample_residual": (True, True, True), "upsample_factor": (2, 2, 2)}
+SMALL_090 = {
+    "latent_channels": 128,
+    "out_channels": 3,
+    "patch_size": 4,
+    "timestep_conditioning": False,
+    "decoder_block_out_channels": (4, 8, 16, 16),
+    "decoder_layers_per_block": (1, 1, 1, 2, 1),
+    "decoder_spatio_temporal_scaling": (True, True, True, False),
+    "decoder_inject_noise": (False,) * 5,
+    "upsample_residual": (False,) * 4,
+    "upsample_factor": (1,) * 4,
+}
+COMFY_090 = [
+    ["res_x", 1],
+    ["compress_all", 1],
+    ["res_x_y", 1],
+    ["res_x", 1],
+    ["compress_all", 1],
+    ["res_x_y", 1],
+    ["res_x", 1],
+    ["compress_all", 1],
+    ["res_x", 2],
+    ["res_x", 1],
+]
+SMALL_091 = {
+    "latent_channels": 128,
+    "out_channels": 3,
+    "patch_size": 4,
+    "timestep_conditioning": True,
+    "decoder_block_out_channels": (8, 16, 32),
+    "decoder_layers_per_block": (1, 2, 1, 2),
+    "decoder_spatio_temporal_scaling": (True, True, True),
+    "decoder_inject_noise": (True, True, True, False),
+    "upsample_residual": (True, True, True),
+    "upsample_factor": (2, 2, 2),
+}
 _UP = ["compress_all", {"residual": True, "multiplier": 2}]
-COMFY_091 = [["res_x", {"num_layers": 1, "inject_noise": True}], _UP,
-             ["res_x", {"num_layers": 2, "inject_noise": True}], _UP,
-             ["res_x", {"num_layers": 1, "inject_noise": True}], _UP,
-             ["res_x", {"num_layers": 2, "inject_noise": False}]]
+COMFY_091 = [
+    ["res_x", {"num_layers": 1, "inject_noise": True}],
+    _UP,
+    ["res_x", {"num_layers": 2, "inject_noise": True}],
+    _UP,
+    ["res_x", {"num_layers": 1, "inject_noise": True}],
+    _UP,
+    ["res_x", {"num_layers": 2, "inject_noise": False}],
+]
 
 
 def _random_state(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, Tensor]:
@@ -365,8 +425,11 @@ def _random_state(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, Te
     return sd
 
 
-@pytest.mark.parametrize(("cfg", "comfy_blocks"), [(SMALL_090, COMFY_090), (SMALL_091, COMFY_091)],
-                         ids=["0.9.0-like", "0.9.1-like"])
+@pytest.mark.parametrize(
+    ("cfg", "comfy_blocks"),
+    [(SMALL_090, COMFY_090), (SMALL_091, COMFY_091)],
+    ids=["0.9.0-like", "0.9.1-like"],
+)
 def test_renamed_diffusers_weights_decode_like_diffusers(cfg: dict, comfy_blocks: list) -> None:
     torch.manual_seed(0)
     sd = _random_state(diffusers_decoder_shapes(cfg), seed=1)
@@ -377,8 +440,12 @@ def test_renamed_diffusers_weights_decode_like_diffusers(cfg: dict, comfy_blocks
     mapping = diffusers_ltx_to_original(set(sd), {k: tuple(v.shape) for k, v in sd.items()})
     assert set(mapping) == set(sd)
     base = cfg["decoder_block_out_channels"][0] // cfg["upsample_factor"][0]
-    teacher = LTXTeacherDecoder(comfy_blocks, timestep_conditioning=cfg["timestep_conditioning"],
-                                spatial_padding_mode="zeros", base_channels=base)
+    teacher = LTXTeacherDecoder(
+        comfy_blocks,
+        timestep_conditioning=cfg["timestep_conditioning"],
+        spatial_padding_mode="zeros",
+        base_channels=base,
+    )
     teacher.load_state_dict({mapping[k]: v for k, v in sd.items()}, strict=True)
     assert teacher.injects_noise == bool(noise)
     got = teacher(z, timestep=0.05, spatial_noise=noise or None)
@@ -388,14 +455,20 @@ def test_renamed_diffusers_weights_decode_like_diffusers(cfg: dict, comfy_blocks
 
 # ---- through the loader: a diffusers-layout state dict builds the right full-size teacher ------------------
 
+
 def _diffusers_095_shapes() -> dict[str, tuple[int, ...]]:
     comfy = manifest_shapes(load_manifest("ltx_comfy_v2"))
     return {new: shape for k, shape in comfy.items() if (new := comfy_v2_to_diffusers(k)) is not None}
 
 
-@pytest.mark.parametrize(("source", "layout"), [("diffusers_ltx_090", "ltxv-0.9.0-diffusers"),
-                                                 ("diffusers_ltx_091", "ltxv-0.9.1-diffusers"),
-                                                 ("095", "ltxv-0.9.5-diffusers")])
+@pytest.mark.parametrize(
+    ("source", "layout"),
+    [
+        ("diffusers_ltx_090", "ltxv-0.9.0-diffusers"),
+        ("diffusers_ltx_091", "ltxv-0.9.1-diffusers"),
+        ("095", "ltxv-0.9.5-diffusers"),
+    ],
+)
 def test_load_decoder_routes_every_diffusers_tensor_to_its_comfy_slot(source: str, layout: str) -> None:
     """Each tensor is a constant equal to its index (expanded, so a full-size file costs no memory)."""
     from flash_vaed import Family, load_decoder

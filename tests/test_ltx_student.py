@@ -29,8 +29,11 @@ def seeded(model: LTXStudentDecoder, dtype: torch.dtype = torch.float32) -> LTXS
 def test_official_layout_keys():
     with torch.device("meta"):
         model = LTXStudentDecoder(LTXStudentSpec.official())
-    want = {k: v for k, v in manifest_shapes(load_manifest("flashvaed_ltx_official")).items()
-            if k.startswith("decoder.")}
+    want = {
+        k: v
+        for k, v in manifest_shapes(load_manifest("flashvaed_ltx_official")).items()
+        if k.startswith("decoder.")
+    }
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == want
     assert (model.latent_channels, model.time_stride, model.space_stride) == (128, 8, 32)
     assert model.timestep_conditioned is False
@@ -74,9 +77,15 @@ def test_tiny_shapes(shape):
 
 
 def test_spec_variants():
-    narrow = LTXStudentSpec(mid_width=8, mid_layers=1, mid_op=Op.FULL_3D,
-                            stages=(StudentStage(8, 1, Op.DEPTHWISE_3D, shortcut=True),
-                                    StudentStage(4, 2, Op.FRAME_2D, upsample=False)))
+    narrow = LTXStudentSpec(
+        mid_width=8,
+        mid_layers=1,
+        mid_op=Op.FULL_3D,
+        stages=(
+            StudentStage(8, 1, Op.DEPTHWISE_3D, shortcut=True),
+            StudentStage(4, 2, Op.FRAME_2D, upsample=False),
+        ),
+    )
     model = LTXStudentDecoder(narrow)
     assert (model.time_stride, model.space_stride) == (2, 8)
     keys = model.state_dict().keys()
@@ -99,7 +108,7 @@ def _window(model, z, start, stop, before, after):
     s = model.time_stride
     first = 0 if start == 0 else s * start - s + 1
     origin = 0 if lo == 0 else s * lo
-    return out[:, :, first - origin:s * (stop - 1) - origin + 1]
+    return out[:, :, first - origin : s * (stop - 1) - origin + 1]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -117,5 +126,5 @@ def test_temporal_context_is_exact_and_tight(dtype):
         if dtype == torch.float64:  # float32 rounding would hide the far edge's small influence
             short_after = _window(model, z, 0, cut, before, after - 1)
             short_before = _window(model, z, cut, t, before - 1, after)
-            assert (short_after - whole[:, :, :short_after.shape[2]]).abs().max().item() > 1e-9
-            assert (short_before - whole[:, :, -short_before.shape[2]:]).abs().max().item() > 1e-9
+            assert (short_after - whole[:, :, : short_after.shape[2]]).abs().max().item() > 1e-9
+            assert (short_before - whole[:, :, -short_before.shape[2] :]).abs().max().item() > 1e-9

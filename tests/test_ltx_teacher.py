@@ -43,19 +43,42 @@ BASE = 4  # decoder base width of the reduced models (ComfyUI always builds 128)
 def reduced_config(version: int, padding: str | None = None) -> dict:
     """A ComfyUI VAE config with the block kinds of `version` but one or two resnets per stage."""
     if version == 0:
-        blocks = [["res_x", 1], ["compress_all", 1], ["res_x_y", 1], ["res_x", 1], ["compress_all", 1],
-                  ["res_x_y", 1], ["res_x", 1], ["compress_all", 1], ["res_x", 1]]
+        blocks = [
+            ["res_x", 1],
+            ["compress_all", 1],
+            ["res_x_y", 1],
+            ["res_x", 1],
+            ["compress_all", 1],
+            ["res_x_y", 1],
+            ["res_x", 1],
+            ["compress_all", 1],
+            ["res_x", 1],
+        ]
     else:
         noisy = version == 1
         up = ["compress_all", {"residual": True, "multiplier": 2}]
-        blocks = [["res_x", {"num_layers": 1, "inject_noise": noisy}], up,
-                  ["res_x", {"num_layers": 2, "inject_noise": noisy}], up,
-                  ["res_x", {"num_layers": 1, "inject_noise": noisy}], up,
-                  ["res_x", {"num_layers": 1, "inject_noise": False}]]
-    config = {"dims": 3, "in_channels": 3, "out_channels": 3, "latent_channels": 128,
-              "decoder_blocks": blocks,
-              "encoder_blocks": [["res_x", {"num_layers": 1}]], "norm_layer": "pixel_norm", "patch_size": 4,
-              "latent_log_var": "uniform", "causal_decoder": False, "timestep_conditioning": version > 0}
+        blocks = [
+            ["res_x", {"num_layers": 1, "inject_noise": noisy}],
+            up,
+            ["res_x", {"num_layers": 2, "inject_noise": noisy}],
+            up,
+            ["res_x", {"num_layers": 1, "inject_noise": noisy}],
+            up,
+            ["res_x", {"num_layers": 1, "inject_noise": False}],
+        ]
+    config = {
+        "dims": 3,
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 128,
+        "decoder_blocks": blocks,
+        "encoder_blocks": [["res_x", {"num_layers": 1}]],
+        "norm_layer": "pixel_norm",
+        "patch_size": 4,
+        "latent_log_var": "uniform",
+        "causal_decoder": False,
+        "timestep_conditioning": version > 0,
+    }
     if padding is not None:
         config["spatial_padding_mode"] = padding
     return config
@@ -67,8 +90,9 @@ def reduced_weights(model: LTXTeacherDecoder, seed: int = 0, zero: tuple[str, ..
     return generate(manifest, seed=seed, zero=zero)
 
 
-def our_decode(model: LTXTeacherDecoder, sd: dict, latent: torch.Tensor, seed: int | None,
-               noise_scale: float = 0.025) -> torch.Tensor:
+def our_decode(
+    model: LTXTeacherDecoder, sd: dict, latent: torch.Tensor, seed: int | None, noise_scale: float = 0.025
+) -> torch.Tensor:
     """The engine's order: mix noise (normalized latent), un-normalize, pre-draw spatial noise, decode."""
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     z = latent
@@ -85,9 +109,15 @@ class ComfyReference:
 
     def __init__(self, folder: Path):
         env = {**worker_env(), "FLASH_VAED_COMFYUI": str(COMFY_ROOT)}
-        self.proc = subprocess.Popen([sys.executable, str(REFERENCE_SCRIPT), "-"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                     cwd=folder)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REFERENCE_SCRIPT), "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=folder,
+        )
 
     def run(self, jobs: list[dict]) -> None:
         try:
@@ -125,10 +155,17 @@ def comfy_fast(tmp_path_factory):
         latent = torch.randn((batch, 128, 3, 2, 2), generator=torch.Generator().manual_seed(100 + version))
         save_file(sd, folder / f"{name}.safetensors")
         save_file({"latent": latent}, folder / f"{name}_latent.safetensors")
-        jobs.append({"weights": str(folder / f"{name}.safetensors"), "config": config, "base_channels": BASE,
-                     "latent": str(folder / f"{name}_latent.safetensors"), "seed": seed,
-                     "vae_options": options,
-                     "out": str(folder / f"{name}_out.safetensors")})
+        jobs.append(
+            {
+                "weights": str(folder / f"{name}.safetensors"),
+                "config": config,
+                "base_channels": BASE,
+                "latent": str(folder / f"{name}_latent.safetensors"),
+                "seed": seed,
+                "vae_options": options,
+                "out": str(folder / f"{name}_out.safetensors"),
+            }
+        )
         ours[name] = our_decode(model, sd, latent, seed, options.get("noise_scale", 0.025))
     comfy.run(jobs)
     return {name: (ours[name], load_file(folder / f"{name}_out.safetensors")) for name in FAST_CASES}
@@ -231,7 +268,7 @@ def _window(model, z, start, stop, halo_before, halo_after, noise):
     first = 0 if start == 0 else stride * start - stride + 1
     last = stride * (stop - 1)
     origin = 0 if lo == 0 else stride * lo
-    return out[:, :, first - origin:last - origin + 1]
+    return out[:, :, first - origin : last - origin + 1]
 
 
 def _halo_setup(version: int, dtype: torch.dtype):
@@ -253,8 +290,10 @@ def test_temporal_halo_is_sufficient(version):
     t, cut = z.shape[2], before + 3
     with torch.no_grad():
         whole = model(z, spatial_noise=noise)
-        parts = [_window(model, z, 0, cut, before, after, noise),
-                 _window(model, z, cut, t, before, after, noise)]
+        parts = [
+            _window(model, z, 0, cut, before, after, noise),
+            _window(model, z, cut, t, before, after, noise),
+        ]
     assert whole.shape[2] == 8 * t - 7
     assert (torch.cat(parts, dim=2) - whole).abs().max().item() < 1e-5
 
@@ -269,9 +308,9 @@ def test_temporal_halo_is_tight(version):
         exact = _window(model, z, cut, t, before, after, noise)
         short_after = _window(model, z, 0, cut, before, after - 1, noise)
         short_before = _window(model, z, cut, t, before - 1, after, noise)
-    assert (exact - whole[:, :, -exact.shape[2]:]).abs().max().item() < 1e-12
-    assert (short_after - whole[:, :, :short_after.shape[2]]).abs().max().item() > 1e-9
-    assert (short_before - whole[:, :, -short_before.shape[2]:]).abs().max().item() > 1e-9
+    assert (exact - whole[:, :, -exact.shape[2] :]).abs().max().item() < 1e-12
+    assert (short_after - whole[:, :, : short_after.shape[2]]).abs().max().item() > 1e-9
+    assert (short_before - whole[:, :, -short_before.shape[2] :]).abs().max().item() > 1e-9
 
 
 def test_conditioned_batch_is_per_sample():
@@ -283,7 +322,7 @@ def test_conditioned_batch_is_per_sample():
     noise = model.draw_spatial_noise((1, 2), torch.Generator().manual_seed(7), "cpu", torch.float32)
     with torch.no_grad():
         both = model(z, spatial_noise=noise)
-        one = torch.cat([model(z[i:i + 1], spatial_noise=noise) for i in range(2)])
+        one = torch.cat([model(z[i : i + 1], spatial_noise=noise) for i in range(2)])
     assert (both - one).abs().max().item() < 1e-5
 
 
@@ -309,13 +348,17 @@ def test_matches_comfyui_full_size(version, tmp_path):
     latent = torch.randn((1, 128, 2, 2, 2), generator=torch.Generator().manual_seed(7))
     save_file({"latent": latent}, tmp_path / "latent.safetensors")
     seed = 21 + version
-    job = {"generate": {"manifest": f"ltx_comfy_v{version}", "seed": 0, "include": include},
-           "latent": str(tmp_path / "latent.safetensors"), "seed": seed,
-           "out": str(tmp_path / "out.safetensors")}
+    job = {
+        "generate": {"manifest": f"ltx_comfy_v{version}", "seed": 0, "include": include},
+        "latent": str(tmp_path / "latent.safetensors"),
+        "seed": seed,
+        "out": str(tmp_path / "out.safetensors"),
+    }
     ComfyReference(tmp_path).run([job])
     theirs = load_file(tmp_path / "out.safetensors")["raw"]
-    sd = generate(load_manifest(f"ltx_comfy_v{version}"), seed=0,
-                  include=["decoder.", "per_channel_statistics."])
+    sd = generate(
+        load_manifest(f"ltx_comfy_v{version}"), seed=0, include=["decoder.", "per_channel_statistics."]
+    )
     with torch.device("meta"):
         model = LTXTeacherDecoder.for_version(version)
     model.load_state_dict({k: v for k, v in sd.items() if k.startswith("decoder.")}, strict=True, assign=True)

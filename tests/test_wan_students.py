@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from support.reference_weights import generate, load_manifest
 
 from flash_vaed import DecoderSpec, Family, Op, load_decoder
 from flash_vaed.arch.wan import WanFamilyDecoder
 from flash_vaed.engine.state import DecodeState
+from support.reference_weights import generate, load_manifest
 
 REF = Path(__file__).parent / "data" / "official" / "wan_student_ref.safetensors"
 TOL = 5e-5
@@ -55,8 +55,15 @@ def test_long_clip_stays_continuous(official):
     assert (whole - streamed).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("deep,shallow", [(Op.DEPTHWISE_3D, Op.FRAME_2D), (Op.FULL_3D, Op.FULL_3D),
-                                          (Op.FULL_3D, Op.FRAME_2D), (Op.DEPTHWISE_3D, Op.DEPTHWISE_3D)])
+@pytest.mark.parametrize(
+    "deep,shallow",
+    [
+        (Op.DEPTHWISE_3D, Op.FRAME_2D),
+        (Op.FULL_3D, Op.FULL_3D),
+        (Op.FULL_3D, Op.FRAME_2D),
+        (Op.DEPTHWISE_3D, Op.DEPTHWISE_3D),
+    ],
+)
 @pytest.mark.parametrize("family", [Family.WAN21, Family.WAN22])
 def test_any_spec_builds_and_streams(deep, shallow, family):
     spec = DecoderSpec.tiny(family, deep, shallow)

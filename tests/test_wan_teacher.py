@@ -10,10 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from support.comfy_subprocess import comfy_root, comfy_vae_decode, comfy_vae_manifest, load_outputs, worker_env
-from support.reference_weights import generate, load_manifest
 
 from flash_vaed import load_decoder
+from support.comfy_subprocess import (
+    comfy_root,
+    comfy_vae_decode,
+    comfy_vae_manifest,
+    load_outputs,
+    worker_env,
+)
+from support.reference_weights import generate, load_manifest
 
 TOL = 5e-5
 MODEL_WORKER = Path(__file__).parent / "support" / "comfy_model_worker.py"
@@ -24,8 +30,14 @@ def _latent(shape: tuple[int, ...], seed: int = 7) -> torch.Tensor:
 
 
 def _comfy_model(cmd: list[str]) -> None:
-    proc = subprocess.run([sys.executable, str(MODEL_WORKER), "--comfy", str(comfy_root()), *cmd],
-                          env=worker_env(), capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(MODEL_WORKER), "--comfy", str(comfy_root()), *cmd],
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -64,8 +76,21 @@ def test_wan_model_equals_comfyui_model(tmp_path, family, dim, channels):
     save_file(weights, str(tmp_path / "w.safetensors"))
     latent = _latent((1, channels, 4, 3, 2))
     save_file({"latent": latent}, str(tmp_path / "z.safetensors"))
-    _comfy_model(["decode", "--family", family, "--dim", str(dim), "--weights", str(tmp_path / "w.safetensors"),
-                  "--latent", str(tmp_path / "z.safetensors"), "--out", str(tmp_path / "o.safetensors")])
+    _comfy_model(
+        [
+            "decode",
+            "--family",
+            family,
+            "--dim",
+            str(dim),
+            "--weights",
+            str(tmp_path / "w.safetensors"),
+            "--latent",
+            str(tmp_path / "z.safetensors"),
+            "--out",
+            str(tmp_path / "o.safetensors"),
+        ]
+    )
     theirs = load_file(str(tmp_path / "o.safetensors"))["video"]
     dec = load_decoder(weights)
     assert dec.family.value == family and dec.role == "teacher"

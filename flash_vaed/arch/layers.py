@@ -35,7 +35,7 @@ def _take_left_context(state: LayerState, x: torch.Tensor, frames: int, space_pa
     b, c, t, h, w = x.shape
     p = space_pad
     padded = x.new_zeros(b, c, frames + t, h + 2 * p, w + 2 * p)
-    inner = padded[:, :, :, p:p + h, p:p + w]
+    inner = padded[:, :, :, p : p + h, p : p + w]
     if state.past is not None:
         inner[:, :, :frames] = state.past
     inner[:, :, frames:] = x
@@ -112,10 +112,17 @@ class ResidualBlock3D(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, separable: bool):
         super().__init__()
         conv = CausalSeparableConv3d if separable else CausalConv3d
-        self.residual = nn.ModuleList([
-            RMSNorm(in_ch, 3), nn.SiLU(), conv(in_ch, out_ch),
-            RMSNorm(out_ch, 3), nn.SiLU(), nn.Identity(), conv(out_ch, out_ch),
-        ])
+        self.residual = nn.ModuleList(
+            [
+                RMSNorm(in_ch, 3),
+                nn.SiLU(),
+                conv(in_ch, out_ch),
+                RMSNorm(out_ch, 3),
+                nn.SiLU(),
+                nn.Identity(),
+                conv(out_ch, out_ch),
+            ]
+        )
         if in_ch == out_ch:
             self.shortcut: nn.Module = nn.Identity()
         else:
@@ -138,10 +145,17 @@ class ResidualBlock2D(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
-        self.residual = nn.ModuleList([
-            RMSNorm(in_ch, 2), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1),
-            RMSNorm(out_ch, 2), nn.SiLU(), nn.Identity(), nn.Conv2d(out_ch, out_ch, 3, padding=1),
-        ])
+        self.residual = nn.ModuleList(
+            [
+                RMSNorm(in_ch, 2),
+                nn.SiLU(),
+                nn.Conv2d(in_ch, out_ch, 3, padding=1),
+                RMSNorm(out_ch, 2),
+                nn.SiLU(),
+                nn.Identity(),
+                nn.Conv2d(out_ch, out_ch, 3, padding=1),
+            ]
+        )
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1)
 
     def forward(self, x: torch.Tensor, state: DecodeState) -> torch.Tensor:
@@ -241,6 +255,6 @@ class DupUpShortcut(TemporalLayer):
         if ft > 1:
             s = state[self]
             if not s.started:
-                x = x[:, :, ft - 1:]
+                x = x[:, :, ft - 1 :]
             s.frames_seen += t
         return x

@@ -73,22 +73,36 @@ PADDING_MODES = ("reflect", "zeros")
 # Decoder block lists of ComfyUI's guessed configs, deep-last as the files list them (the decoder runs
 # them reversed). Version 0 shares one list with its encoder.
 COMFY_DECODER_BLOCKS: dict[int, list] = {
-    0: [["res_x", 4], ["compress_all", 1], ["res_x_y", 1], ["res_x", 3], ["compress_all", 1],
-        ["res_x_y", 1], ["res_x", 3], ["compress_all", 1], ["res_x", 3], ["res_x", 4]],
-    1: [["res_x", {"num_layers": 5, "inject_noise": True}],
+    0: [
+        ["res_x", 4],
+        ["compress_all", 1],
+        ["res_x_y", 1],
+        ["res_x", 3],
+        ["compress_all", 1],
+        ["res_x_y", 1],
+        ["res_x", 3],
+        ["compress_all", 1],
+        ["res_x", 3],
+        ["res_x", 4],
+    ],
+    1: [
+        ["res_x", {"num_layers": 5, "inject_noise": True}],
         ["compress_all", {"residual": True, "multiplier": 2}],
         ["res_x", {"num_layers": 6, "inject_noise": True}],
         ["compress_all", {"residual": True, "multiplier": 2}],
         ["res_x", {"num_layers": 7, "inject_noise": True}],
         ["compress_all", {"residual": True, "multiplier": 2}],
-        ["res_x", {"num_layers": 8, "inject_noise": False}]],
-    2: [["res_x", {"num_layers": 5, "inject_noise": False}],
-        ["compress_all", {"residual": True, "multiplier": 2}],
+        ["res_x", {"num_layers": 8, "inject_noise": False}],
+    ],
+    2: [
         ["res_x", {"num_layers": 5, "inject_noise": False}],
         ["compress_all", {"residual": True, "multiplier": 2}],
         ["res_x", {"num_layers": 5, "inject_noise": False}],
         ["compress_all", {"residual": True, "multiplier": 2}],
-        ["res_x", {"num_layers": 5, "inject_noise": False}]],
+        ["res_x", {"num_layers": 5, "inject_noise": False}],
+        ["compress_all", {"residual": True, "multiplier": 2}],
+        ["res_x", {"num_layers": 5, "inject_noise": False}],
+    ],
 }
 
 _PROBE_KEY = "decoder.up_blocks.0.res_blocks.0.conv1.conv.weight"
@@ -98,8 +112,9 @@ _V2_ENCODER_KEY = "encoder.down_blocks.1.conv.conv.bias"
 # ---- functions the engine calls around the decoder ------------------------------------------------
 
 
-def mix_decode_noise(z: Tensor, noise_scale: float = DECODE_NOISE_SCALE,
-                     generator: torch.Generator | None = None) -> Tensor:
+def mix_decode_noise(
+    z: Tensor, noise_scale: float = DECODE_NOISE_SCALE, generator: torch.Generator | None = None
+) -> Tensor:
     """ComfyUI's pre-decode latent noise for timestep-conditioned LTX VAEs (versions 1 and 2).
 
     z: NORMALIZED latent (B, 128, T, H, W), any float dtype; apply before `un_normalize`, once per
@@ -116,8 +131,9 @@ def un_normalize(z: Tensor, mean_of_means: Tensor, std_of_means: Tensor) -> Tens
     return z * std_of_means.view(shape).to(z) + mean_of_means.view(shape).to(z)
 
 
-def ltx_version_from_keys(keys: Iterable[str], shapes: Mapping[str, Sequence[int]], *,
-                          like_comfyui: bool = True) -> int:
+def ltx_version_from_keys(
+    keys: Iterable[str], shapes: Mapping[str, Sequence[int]], *, like_comfyui: bool = True
+) -> int:
     """LTX VAE version (0: 0.9.0, 1: 0.9.1, 2: 0.9.5+) from checkpoint keys without the `vae.` prefix.
 
     like_comfyui=True reproduces ComfyUI: 2 only when the encoder key of 0.9.5+ is present, so a
@@ -176,7 +192,7 @@ def depth_to_space(x: Tensor, stride: tuple[int, int, int]) -> Tensor:
     """(B, C*st*sh*sw, T, H, W) -> (B, C, T*st, H*sh, W*sw), dropping the first st-1 frames."""
     st, sh, sw = stride
     x = rearrange(x, "b (c st sh sw) t h w -> b c (t st) (h sh) (w sw)", st=st, sh=sh, sw=sw)
-    return x[:, :, st - 1:]
+    return x[:, :, st - 1 :]
 
 
 def sinusoidal_embedding(t: Tensor, dim: int = 256) -> Tensor:
@@ -201,8 +217,9 @@ class ReplicateTimeConv3d(nn.Module):
     causal=False repeats the first and last frame k//2 times each; causal=True the first frame k-1 times.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, padding_mode: str = "zeros", causal: bool = False,
-                 kernel_size: int = 3):
+    def __init__(
+        self, in_ch: int, out_ch: int, padding_mode: str = "zeros", causal: bool = False, kernel_size: int = 3
+    ):
         super().__init__()
         self.causal = causal
         self.kernel_size = kernel_size
@@ -272,8 +289,9 @@ def _ada(table: Tensor, emb: Tensor, parts: int, ref: Tensor) -> tuple[Tensor, .
 class TeacherResBlock(nn.Module):
     """Pixel-norm resnet with two 3x3x3 convs; optional AdaLN timestep modulation and 0.9.1 noise."""
 
-    def __init__(self, in_ch: int, out_ch: int, padding_mode: str, conditioned: bool = False,
-                 noisy: bool = False):
+    def __init__(
+        self, in_ch: int, out_ch: int, padding_mode: str, conditioned: bool = False, noisy: bool = False
+    ):
         super().__init__()
         if noisy and in_ch != out_ch:
             raise ValueError("noise injection needs equal in/out channels (its scales have in_ch entries)")
@@ -328,7 +346,8 @@ class ResStack(nn.Module):
         if conditioned:
             self.time_embedder = TimestepMLP(4 * ch)
         self.res_blocks = nn.ModuleList(
-            TeacherResBlock(ch, ch, padding_mode, conditioned, noisy) for _ in range(layers))
+            TeacherResBlock(ch, ch, padding_mode, conditioned, noisy) for _ in range(layers)
+        )
         self.conditioned = conditioned
 
     def time_ops(self) -> list[tuple[int, int]]:
@@ -347,8 +366,14 @@ class DepthToSpaceUp(nn.Module):
     residual=True adds the input itself, depth-to-spaced and tiled along channels to the output width.
     """
 
-    def __init__(self, in_ch: int, stride: tuple[int, int, int], padding_mode: str, residual: bool = False,
-                 reduction: int = 1):
+    def __init__(
+        self,
+        in_ch: int,
+        stride: tuple[int, int, int],
+        padding_mode: str,
+        residual: bool = False,
+        reduction: int = 1,
+    ):
         super().__init__()
         self.stride = stride
         self.residual = residual
@@ -386,16 +411,29 @@ class _Block:
         if isinstance(params, int):
             params = {"num_layers": params}
         default_mult = 2 if kind == "res_x_y" else 1
-        return cls(kind, params.get("num_layers", 1), bool(params.get("inject_noise", False)),
-                   bool(params.get("residual", False)), int(params.get("multiplier", default_mult)))
+        return cls(
+            kind,
+            params.get("num_layers", 1),
+            bool(params.get("inject_noise", False)),
+            bool(params.get("residual", False)),
+            int(params.get("multiplier", default_mult)),
+        )
 
 
 class ComfyLTXDecoder(nn.Module):
     """The `decoder` submodule: ComfyUI's LTX Decoder (pixel norm, non-causal, patch 4) from a block list."""
 
-    def __init__(self, blocks: Sequence[Sequence], *, timestep_conditioning: bool, padding_mode: str,
-                 latent_channels: int = 128, out_channels: int = 3, patch_size: int = 4,
-                 base_channels: int = 128):
+    def __init__(
+        self,
+        blocks: Sequence[Sequence],
+        *,
+        timestep_conditioning: bool,
+        padding_mode: str,
+        latent_channels: int = 128,
+        out_channels: int = 3,
+        patch_size: int = 4,
+        base_channels: int = 128,
+    ):
         super().__init__()
         plan = [_Block.parse(entry) for entry in reversed(blocks)]
         ch = base_channels
@@ -409,15 +447,17 @@ class ComfyLTXDecoder(nn.Module):
         for block in plan:
             if block.kind == "res_x":
                 self.up_blocks.append(
-                    ResStack(ch, block.layers, padding_mode, timestep_conditioning, block.noisy))
+                    ResStack(ch, block.layers, padding_mode, timestep_conditioning, block.noisy)
+                )
             elif block.kind == "res_x_y":
                 out = ch // block.multiplier
                 self.up_blocks.append(TeacherResBlock(ch, out, padding_mode, noisy=block.noisy))
                 ch = out
             else:
                 reduction = block.multiplier if block.kind == "compress_all" else 1
-                self.up_blocks.append(DepthToSpaceUp(ch, _UP_STRIDES[block.kind], padding_mode,
-                                                     block.residual, reduction))
+                self.up_blocks.append(
+                    DepthToSpaceUp(ch, _UP_STRIDES[block.kind], padding_mode, block.residual, reduction)
+                )
                 ch //= reduction
         self.conv_out = ReplicateTimeConv3d(ch, out_channels * patch_size**2, padding_mode)
         if timestep_conditioning:
@@ -464,17 +504,31 @@ class LTXTeacherDecoder(nn.Module):
     time_stride: int = 8
     space_stride: int = 32
 
-    def __init__(self, blocks: Sequence[Sequence], *, timestep_conditioning: bool,
-                 spatial_padding_mode: str = "reflect", latent_channels: int = 128, out_channels: int = 3,
-                 patch_size: int = 4, base_channels: int = 128):
+    def __init__(
+        self,
+        blocks: Sequence[Sequence],
+        *,
+        timestep_conditioning: bool,
+        spatial_padding_mode: str = "reflect",
+        latent_channels: int = 128,
+        out_channels: int = 3,
+        patch_size: int = 4,
+        base_channels: int = 128,
+    ):
         super().__init__()
         if spatial_padding_mode not in PADDING_MODES:
             raise ValueError(
-                f"spatial_padding_mode must be one of {PADDING_MODES}, got {spatial_padding_mode!r}")
-        self.decoder = ComfyLTXDecoder(blocks, timestep_conditioning=timestep_conditioning,
-                                       padding_mode=spatial_padding_mode, latent_channels=latent_channels,
-                                       out_channels=out_channels, patch_size=patch_size,
-                                       base_channels=base_channels)
+                f"spatial_padding_mode must be one of {PADDING_MODES}, got {spatial_padding_mode!r}"
+            )
+        self.decoder = ComfyLTXDecoder(
+            blocks,
+            timestep_conditioning=timestep_conditioning,
+            padding_mode=spatial_padding_mode,
+            latent_channels=latent_channels,
+            out_channels=out_channels,
+            patch_size=patch_size,
+            base_channels=base_channels,
+        )
         self.spatial_padding_mode = spatial_padding_mode
         self.latent_channels = latent_channels
         self.timestep_conditioned = timestep_conditioning
@@ -497,12 +551,16 @@ class LTXTeacherDecoder(nn.Module):
         """The decoder ComfyUI builds for a file of this version when no metadata config is given."""
         if version not in COMFY_DECODER_BLOCKS:
             raise ValueError(f"LTX VAE version must be 0, 1 or 2, got {version}")
-        return cls(COMFY_DECODER_BLOCKS[version], timestep_conditioning=version > 0,
-                   spatial_padding_mode=spatial_padding_mode)
+        return cls(
+            COMFY_DECODER_BLOCKS[version],
+            timestep_conditioning=version > 0,
+            spatial_padding_mode=spatial_padding_mode,
+        )
 
     @classmethod
-    def from_comfy_config(cls, config: Mapping, spatial_padding_mode: str | None = None,
-                          base_channels: int = 128) -> LTXTeacherDecoder:
+    def from_comfy_config(
+        cls, config: Mapping, spatial_padding_mode: str | None = None, base_channels: int = 128
+    ) -> LTXTeacherDecoder:
         """From ComfyUI's VAE config dict (`json.loads(metadata["config"])["vae"]`, or a guessed config).
 
         Reads decoder_blocks (else blocks), latent_channels, out_channels, patch_size,
@@ -516,11 +574,15 @@ class LTXTeacherDecoder(nn.Module):
         if blocks is None:
             raise ValueError("config has neither decoder_blocks nor blocks")
         mode = spatial_padding_mode or config.get("spatial_padding_mode", "reflect")
-        return cls(blocks, timestep_conditioning=bool(config.get("timestep_conditioning", False)),
-                   spatial_padding_mode=mode, latent_channels=int(config["latent_channels"]),
-                   out_channels=int(config.get("out_channels", 3)),
-                   patch_size=int(config.get("patch_size", 1)),
-                   base_channels=base_channels)
+        return cls(
+            blocks,
+            timestep_conditioning=bool(config.get("timestep_conditioning", False)),
+            spatial_padding_mode=mode,
+            latent_channels=int(config["latent_channels"]),
+            out_channels=int(config.get("out_channels", 3)),
+            patch_size=int(config.get("patch_size", 1)),
+            base_channels=base_channels,
+        )
 
     # ---- noise ----
 
@@ -539,9 +601,13 @@ class LTXTeacherDecoder(nn.Module):
     def injects_noise(self) -> bool:
         return bool(self._noise_scales)
 
-    def draw_spatial_noise(self, latent_hw: tuple[int, int], generator: torch.Generator | None,
-                           device: torch.device | str | None = None,
-                           dtype: torch.dtype = torch.float32) -> list[Tensor] | None:
+    def draw_spatial_noise(
+        self,
+        latent_hw: tuple[int, int],
+        generator: torch.Generator | None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> list[Tensor] | None:
         """Pre-draw the 0.9.1 injected noise for a whole (H, W) latent: (sH, sW) tensors in ComfyUI's order.
 
         generator=None draws from the global RNG, as ComfyUI does. None for decoders without injection.
@@ -549,20 +615,24 @@ class LTXTeacherDecoder(nn.Module):
         if not self._noise_scales:
             return None
         h, w = latent_hw
-        return [torch.randn((s * h, s * w), generator=generator, device=device, dtype=dtype)
-                for s in self._noise_scales]
+        return [
+            torch.randn((s * h, s * w), generator=generator, device=device, dtype=dtype)
+            for s in self._noise_scales
+        ]
 
-    def crop_spatial_noise(self, noise: list[Tensor] | None, y0: int, y1: int, x0: int,
-                           x1: int) -> list[Tensor] | None:
+    def crop_spatial_noise(
+        self, noise: list[Tensor] | None, y0: int, y1: int, x0: int, x1: int
+    ) -> list[Tensor] | None:
         """The part of whole-latent noise under latent rows y0:y1 and columns x0:x1 (for spatial tiles)."""
         if noise is None:
             return None
-        return [n[s * y0:s * y1, s * x0:s * x1] for n, s in zip(noise, self._noise_scales, strict=True)]
+        return [n[s * y0 : s * y1, s * x0 : s * x1] for n, s in zip(noise, self._noise_scales, strict=True)]
 
     # ---- decode ----
 
-    def forward(self, z_raw: Tensor, *, timestep: float | None = None,
-                spatial_noise: list[Tensor] | None = None) -> Tensor:
+    def forward(
+        self, z_raw: Tensor, *, timestep: float | None = None, spatial_noise: list[Tensor] | None = None
+    ) -> Tensor:
         """z_raw (B, 128, T, H, W) raw latents -> video (B, 3, 8T-7, 32H, 32W), roughly [-1, 1], unclamped.
 
         timestep: defaults to ComfyUI's 0.05 for conditioned decoders; ignored otherwise.
@@ -571,7 +641,8 @@ class LTXTeacherDecoder(nn.Module):
         """
         if z_raw.ndim != 5 or z_raw.shape[1] != self.latent_channels:
             raise ValueError(
-                f"expected (B, {self.latent_channels}, T, H, W) latents, got {tuple(z_raw.shape)}")
+                f"expected (B, {self.latent_channels}, T, H, W) latents, got {tuple(z_raw.shape)}"
+            )
         if spatial_noise is None:
             spatial_noise = self.draw_spatial_noise(tuple(z_raw.shape[-2:]), None, z_raw.device, z_raw.dtype)
         noise = list(spatial_noise or [])

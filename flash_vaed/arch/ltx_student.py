@@ -78,7 +78,9 @@ class LTXStudentSpec:
         """The released Flash_VAED_LTX.pth: the LTX 0.9.0 decoder with depthwise-separable deep stages and
         the two shallow stages cut to a quarter width (512, 512, 64, 32), the last one per-frame 2D."""
         return cls(
-            mid_width=512, mid_layers=4, mid_op=Op.DEPTHWISE_3D,
+            mid_width=512,
+            mid_layers=4,
+            mid_op=Op.DEPTHWISE_3D,
             stages=(
                 StudentStage(512, 3, Op.DEPTHWISE_3D, upsample=False),
                 StudentStage(512, 3, Op.DEPTHWISE_3D),
@@ -92,7 +94,9 @@ class LTXStudentSpec:
     def tiny(cls) -> LTXStudentSpec:
         """Same operators and strides (8x time, 32x space), 8-16 channels: runs in milliseconds (tests)."""
         return cls(
-            mid_width=16, mid_layers=1, mid_op=Op.DEPTHWISE_3D,
+            mid_width=16,
+            mid_layers=1,
+            mid_op=Op.DEPTHWISE_3D,
             stages=(
                 StudentStage(16, 1, Op.DEPTHWISE_3D),
                 StudentStage(8, 1, Op.FULL_3D, shortcut=True),
@@ -218,7 +222,8 @@ class StudentUpBlock(nn.Module):
         else:
             self.upsamplers = None
         self.resnets = nn.ModuleList(
-            StudentResBlock(stage.width, stage.width, stage.op, stage.shortcut) for _ in range(stage.layers))
+            StudentResBlock(stage.width, stage.width, stage.op, stage.shortcut) for _ in range(stage.layers)
+        )
 
     def time_ops(self) -> list:
         ops = self.conv_in.time_ops() if self.conv_in is not None else []
@@ -282,24 +287,30 @@ class LTXStudentDecoder(nn.Module):
         self.temporal_context = temporal_context(self.decoder.time_ops())
         self.temporal_halo = max(self.temporal_context)
 
-    def draw_spatial_noise(self, latent_hw: tuple[int, int], generator: torch.Generator | None,
-                           device: torch.device | str | None = None,
-                           dtype: torch.dtype = torch.float32) -> None:
+    def draw_spatial_noise(
+        self,
+        latent_hw: tuple[int, int],
+        generator: torch.Generator | None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         """Students inject no noise (kept for the teacher's interface)."""
         return None
 
     def crop_spatial_noise(self, noise: None, y0: int, y1: int, x0: int, x1: int) -> None:
         return None
 
-    def forward(self, z_raw: Tensor, *, timestep: float | None = None,
-                spatial_noise: list[Tensor] | None = None) -> Tensor:
+    def forward(
+        self, z_raw: Tensor, *, timestep: float | None = None, spatial_noise: list[Tensor] | None = None
+    ) -> Tensor:
         """z_raw (B, 128, T, H, W) RAW latents -> video (B, 3, 8T-7, 32H, 32W), roughly [-1, 1], unclamped.
 
         timestep is ignored (the student is not timestep-conditioned); spatial_noise must be None.
         """
         if z_raw.ndim != 5 or z_raw.shape[1] != self.latent_channels:
             raise ValueError(
-                f"expected (B, {self.latent_channels}, T, H, W) latents, got {tuple(z_raw.shape)}")
+                f"expected (B, {self.latent_channels}, T, H, W) latents, got {tuple(z_raw.shape)}"
+            )
         if spatial_noise:
             raise ValueError("the LTX student injects no spatial noise")
         return self.decoder(z_raw)

@@ -57,9 +57,13 @@ class WanDecoderBody(nn.Module):
         super().__init__()
         mid = spec.middle_width
         self.conv1 = CausalConv3d(spec.latent_channels, mid, 3)
-        self.middle = nn.ModuleList([
-            residual_block(mid, mid, spec.middle_op), FrameAttention(mid), residual_block(mid, mid, spec.middle_op),
-        ])
+        self.middle = nn.ModuleList(
+            [
+                residual_block(mid, mid, spec.middle_op),
+                FrameAttention(mid),
+                residual_block(mid, mid, spec.middle_op),
+            ]
+        )
         ups: list[nn.Module] = []
         in_ch = mid
         for stage in spec.stages:

@@ -77,14 +77,17 @@ class Wan22Body(nn.Module):
         super().__init__()
         widths = [4 * dim, 4 * dim, 4 * dim, 2 * dim, dim]
         self.conv1 = CausalConv3d(z_dim, widths[0], 3)
-        self.middle = nn.ModuleList([
-            ResidualBlock3D(widths[0], widths[0], False), FrameAttention(widths[0]),
-            ResidualBlock3D(widths[0], widths[0], False),
-        ])
+        self.middle = nn.ModuleList(
+            [
+                ResidualBlock3D(widths[0], widths[0], False),
+                FrameAttention(widths[0]),
+                ResidualBlock3D(widths[0], widths[0], False),
+            ]
+        )
         time_ups = (True, True, False, False)
-        self.upsamples = nn.ModuleList([
-            UpStage(widths[i], widths[i + 1], blocks, up=i < 3, up_time=time_ups[i]) for i in range(4)
-        ])
+        self.upsamples = nn.ModuleList(
+            [UpStage(widths[i], widths[i + 1], blocks, up=i < 3, up_time=time_ups[i]) for i in range(4)]
+        )
         self.head = Head(dim, 12, time=True)
 
     def forward(self, x: torch.Tensor, state: DecodeState) -> torch.Tensor:

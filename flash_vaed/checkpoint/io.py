@@ -31,8 +31,13 @@ class TensorSource:
     detection never loads a multi-GB all-in-one file; `load(names)` reads just those tensors.
     """
 
-    def __init__(self, shapes: Mapping[str, tuple[int, ...]], loader: Callable[[Iterable[str]], dict[str, torch.Tensor]],
-                 metadata: Mapping[str, str] | None = None, origin: str = "state dict"):
+    def __init__(
+        self,
+        shapes: Mapping[str, tuple[int, ...]],
+        loader: Callable[[Iterable[str]], dict[str, torch.Tensor]],
+        metadata: Mapping[str, str] | None = None,
+        origin: str = "state dict",
+    ):
         self.shapes = dict(shapes)
         self._loader = loader
         self.metadata = dict(metadata or {})
@@ -49,11 +54,11 @@ class TensorSource:
 
     def with_prefix_stripped(self, prefix: str) -> TensorSource:
         """Only the keys under `prefix` (e.g. 'vae.' in all-in-one LTX checkpoints), renamed without it."""
-        inner = {k[len(prefix):]: v for k, v in self.shapes.items() if k.startswith(prefix)}
+        inner = {k[len(prefix) :]: v for k, v in self.shapes.items() if k.startswith(prefix)}
 
         def load(names: Iterable[str]) -> dict[str, torch.Tensor]:
             got = self._loader([prefix + n for n in names])
-            return {k[len(prefix):]: v for k, v in got.items()}
+            return {k[len(prefix) :]: v for k, v in got.items()}
 
         return TensorSource(inner, load, self.metadata, f"{self.origin} (keys under '{prefix}')")
 
@@ -69,10 +74,15 @@ class TensorSource:
         return TensorSource(shapes, load, self.metadata, self.origin)
 
 
-def from_state_dict(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> TensorSource:
+def from_state_dict(
+    sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> TensorSource:
     tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    return TensorSource({k: tuple(v.shape) for k, v in tensors.items()},
-                        lambda names: {n: tensors[n] for n in names}, metadata)
+    return TensorSource(
+        {k: tuple(v.shape) for k, v in tensors.items()},
+        lambda names: {n: tensors[n] for n in names},
+        metadata,
+    )
 
 
 def _open_safetensors(path: Path) -> TensorSource:
@@ -91,8 +101,9 @@ def _open_safetensors(path: Path) -> TensorSource:
             with safe_open(str(path), framework="pt") as f:
                 return {n: f.get_tensor(n) for n in names}
         except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path.name}: could not read tensors ({err}); the file is damaged: "
-                                  "download it again.") from err
+            raise CheckpointError(
+                f"{path.name}: could not read tensors ({err}); the file is damaged: download it again."
+            ) from err
 
     return TensorSource(shapes, load, metadata, path.name)
 
@@ -106,8 +117,10 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
         if isinstance(only, Mapping):
             obj = only
     if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path.name}: holds no tensors by name (found {type(obj).__name__}); "
-                              "it is not a model checkpoint.")
+        raise CheckpointError(
+            f"{path.name}: holds no tensors by name (found {type(obj).__name__}); "
+            "it is not a model checkpoint."
+        )
     return dict(obj)
 
 
@@ -137,12 +150,16 @@ def _open_pickle(path: Path) -> TensorSource:
 
 def _open_diffusers_folder(path: Path) -> TensorSource:
     folder = path / "vae" if (path / "vae").is_dir() else path
-    candidates = sorted(folder.glob("diffusion_pytorch_model*.safetensors")) or sorted(folder.glob("*.safetensors"))
+    candidates = sorted(folder.glob("diffusion_pytorch_model*.safetensors")) or sorted(
+        folder.glob("*.safetensors")
+    )
     if not candidates:
         candidates = sorted(folder.glob("diffusion_pytorch_model*.bin"))
     if not candidates:
-        raise CheckpointError(f"{path}: a folder without VAE weights (looked for "
-                              "diffusion_pytorch_model*.safetensors in it and in vae/).")
+        raise CheckpointError(
+            f"{path}: a folder without VAE weights (looked for "
+            "diffusion_pytorch_model*.safetensors in it and in vae/)."
+        )
     sources = [open_tensors(c) for c in candidates]
     shapes: dict[str, tuple[int, ...]] = {}
     owner: dict[str, TensorSource] = {}
@@ -171,7 +188,9 @@ def open_tensors(path: str | os.PathLike) -> TensorSource:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file. Put the checkpoint there or pass another path.")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{path.name}: the file is empty (0 bytes); the download failed: download it again.")
+        raise CheckpointError(
+            f"{path.name}: the file is empty (0 bytes); the download failed: download it again."
+        )
     with open(path, "rb") as f:
         head = f.read(9)
     # decide by content, not by name: a safetensors file starts with its header length, then the JSON header
@@ -184,21 +203,27 @@ def open_tensors(path: str | os.PathLike) -> TensorSource:
     if is_zip or is_old_pickle:
         return _open_pickle(path)
     if path.suffix in PICKLE_SUFFIXES:
-        raise CheckpointError(f"{path.name}: neither a PyTorch checkpoint nor safetensors (unknown content); "
-                              "the file is corrupt or of another kind.")
+        raise CheckpointError(
+            f"{path.name}: neither a PyTorch checkpoint nor safetensors (unknown content); "
+            "the file is corrupt or of another kind."
+        )
     return _open_safetensors(path)  # its error says what is wrong with the header
 
 
-def atomic_save(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                metadata: Mapping[str, str] | None = None) -> Path:
+def atomic_save(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> Path:
     """Write safetensors via a temp file in the same folder and os.replace: a crash leaves the old file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                  metadata={k: str(v) for k, v in (metadata or {}).items()})
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+            tmp,
+            metadata={k: str(v) for k, v in (metadata or {}).items()},
+        )
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -213,7 +238,9 @@ def safe_child(root: str | os.PathLike, name: str) -> Path:
     root_path = Path(root).resolve()
     candidate = Path(name)
     if candidate.is_absolute() or any(part == ".." for part in candidate.parts):
-        raise CheckpointError(f"file name {name!r} tries to leave the folder {root_path}; pick a file inside it")
+        raise CheckpointError(
+            f"file name {name!r} tries to leave the folder {root_path}; pick a file inside it"
+        )
     resolved = (root_path / candidate).resolve()
     if resolved != root_path and root_path not in resolved.parents:
         raise CheckpointError(f"file name {name!r} leads outside {root_path} (through a symlink); refused")

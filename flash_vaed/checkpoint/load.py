@@ -52,8 +52,10 @@ class Plan:
 
 # ---- detection -------------------------------------------------------------------------------
 
+
 def _foreign_guess(keys: set[str], shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     """Name the model a non-video VAE (or another video VAE) most likely belongs to."""
+
     def ch(key: str, dim: int) -> int | None:
         s = shapes.get(key)
         return s[dim] if s is not None and len(s) > dim else None
@@ -90,8 +92,10 @@ def _wan_plan(src: TensorSource, layout: str) -> Plan:
     try:
         return _wan_plan_from_shapes(src, layout)
     except KeyError as err:  # a key the layout cannot do without (conv1, head, conv2, ...)
-        raise CheckpointError(f"{src.origin}: looks like a Wan VAE but the key {err.args[0]!r} is missing; "
-                              "the file is truncated or edited; nothing was loaded.") from err
+        raise CheckpointError(
+            f"{src.origin}: looks like a Wan VAE but the key {err.args[0]!r} is missing; "
+            "the file is truncated or edited; nothing was loaded."
+        ) from err
     except CheckpointError as err:
         if str(err).startswith(src.origin):
             raise
@@ -104,13 +108,20 @@ def _wan_plan_from_shapes(src: TensorSource, layout: str) -> Plan:
     if "decoder.upsamples.0.upsamples.0.residual.2.weight" in shapes:
         dim = shapes["decoder.head.0.gamma"][0]
         z = shapes["conv2.weight"][0]
-        return Plan(layout.replace("wan", "wan22", 1) if layout.startswith("wan-") else "wan22", Family.WAN22,
-                    "teacher", lambda: Wan22Decoder(dec_dim=dim, z_dim=z), wanted)
+        return Plan(
+            layout.replace("wan", "wan22", 1) if layout.startswith("wan-") else "wan22",
+            Family.WAN22,
+            "teacher",
+            lambda: Wan22Decoder(dec_dim=dim, z_dim=z),
+            wanted,
+        )
     spec = spec_from_wan_shapes(shapes, name="from-checkpoint")
     teacher = all(s.op is Op.FULL_3D for s in spec.stages) and spec.middle_op is Op.FULL_3D
     if teacher:
         dim = spec.stages[-1].width
-        if dataclasses.replace(spec, name=DecoderSpec.wan21_teacher(dim).name) == DecoderSpec.wan21_teacher(dim):
+        if dataclasses.replace(spec, name=DecoderSpec.wan21_teacher(dim).name) == DecoderSpec.wan21_teacher(
+            dim
+        ):
             spec = DecoderSpec.wan21_teacher(dim)
         name = "wan21" if spec.family is Family.WAN21 else "wan22-wanlayout"
     elif dataclasses.replace(spec, name="flashvaed-wan21-official") == DecoderSpec.flashvaed_wan21():
@@ -119,7 +130,9 @@ def _wan_plan_from_shapes(src: TensorSource, layout: str) -> Plan:
         name = "flash-vaed-wan (untagged)"
     if layout.endswith("diffusers"):
         name += "-diffusers"
-    return Plan(name, spec.family, "teacher" if teacher else "student", lambda: WanFamilyDecoder(spec), wanted)
+    return Plan(
+        name, spec.family, "teacher" if teacher else "student", lambda: WanFamilyDecoder(spec), wanted
+    )
 
 
 def _ltx_teacher_plan(src: TensorSource, layout_suffix: str = "") -> Plan:
@@ -138,7 +151,9 @@ def _ltx_teacher_plan(src: TensorSource, layout_suffix: str = "") -> Plan:
             config = json.loads(raw).get("vae")
         except (json.JSONDecodeError, AttributeError):
             config = None
-    padding = (config or {}).get("spatial_padding_mode", "reflect")
+    # ComfyUI pads the decoder with reflect unless the file's config says otherwise; diffusers (whose
+    # folders ComfyUI cannot load) pads with zeros, so a diffusers folder decodes as diffusers does
+    padding = (config or {}).get("spatial_padding_mode", "zeros" if layout_suffix else "reflect")
     wanted = {k: k for k in src.shapes if k.startswith("decoder.")}
     stats = LTX_STATS if all(k in src.shapes for k in LTX_STATS) else None
     if stats is None:
@@ -147,8 +162,14 @@ def _ltx_teacher_plan(src: TensorSource, layout_suffix: str = "") -> Plan:
             "they turn ComfyUI's normalized latents into the decoder's raw latents. Use the full VAE file."
         )
     names = {0: "ltxv-0.9.0", 1: "ltxv-0.9.1", 2: "ltxv-0.9.5"}
-    return Plan(names.get(version, f"ltxv-v{version}") + layout_suffix, Family.LTXV, "teacher",
-                lambda: LTXTeacherDecoder.for_version(version, spatial_padding_mode=padding), wanted, stats)
+    return Plan(
+        names.get(version, f"ltxv-v{version}") + layout_suffix,
+        Family.LTXV,
+        "teacher",
+        lambda: LTXTeacherDecoder.for_version(version, spatial_padding_mode=padding),
+        wanted,
+        stats,
+    )
 
 
 def _ltx_student_plan(src: TensorSource) -> Plan:
@@ -160,16 +181,24 @@ def _ltx_student_plan(src: TensorSource) -> Plan:
         stats = ("mean_of_means", "std_of_means")
     elif "latents_mean" in src.shapes and "latents_std" in src.shapes:
         stats = ("latents_mean", "latents_std")
-    return Plan("flashvaed-ltx-official", Family.LTXV, "student",
-                lambda: LTXStudentDecoder(LTXStudentSpec.official()), wanted, stats)
+    return Plan(
+        "flashvaed-ltx-official",
+        Family.LTXV,
+        "student",
+        lambda: LTXStudentDecoder(LTXStudentSpec.official()),
+        wanted,
+        stats,
+    )
 
 
 def _ours_plan(src: TensorSource) -> Plan:
     meta = src.metadata
     version = meta.get(META_FORMAT)
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{src.origin}: Flash-VAED format version {version!r}, this library reads "
-                              f"{FORMAT_VERSION!r}; update the pack (or re-export the student).")
+        raise CheckpointError(
+            f"{src.origin}: Flash-VAED format version {version!r}, this library reads "
+            f"{FORMAT_VERSION!r}; update the pack (or re-export the student)."
+        )
     try:
         family = Family(meta[META_FAMILY])
     except (KeyError, ValueError) as err:
@@ -179,7 +208,9 @@ def _ours_plan(src: TensorSource) -> Plan:
     stats = ("latent_norm.mean", "latent_norm.std") if "latent_norm.mean" in src.shapes else None
     if arch == "wan":
         spec = DecoderSpec.from_json(meta[META_SPEC])
-        return Plan(f"flash-vaed:{spec.name}", family, "student", lambda: WanFamilyDecoder(spec), wanted, stats)
+        return Plan(
+            f"flash-vaed:{spec.name}", family, "student", lambda: WanFamilyDecoder(spec), wanted, stats
+        )
     if arch == "ltx":
         from ..arch.ltx_student import LTXStudentDecoder, LTXStudentSpec
 
@@ -231,6 +262,7 @@ def unknown_layout_error(src: TensorSource) -> CheckpointError:
 
 # ---- building --------------------------------------------------------------------------------
 
+
 def _materialize(plan: Plan, src: TensorSource) -> nn.Module:
     with torch.device("meta"):
         module = plan.build()
@@ -245,12 +277,17 @@ def _materialize(plan: Plan, src: TensorSource) -> nn.Module:
             f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:4]) or '-'}). "
             "The file is truncated, from another model version, or edited; nothing was loaded."
         )
-    bad = [(mk, tuple(expected[mk].shape), src.shapes[sk]) for mk, sk in by_module_key.items()
-           if tuple(expected[mk].shape) != tuple(src.shapes[sk])]
+    bad = [
+        (mk, tuple(expected[mk].shape), src.shapes[sk])
+        for mk, sk in by_module_key.items()
+        if tuple(expected[mk].shape) != tuple(src.shapes[sk])
+    ]
     if bad:
         k, want, got = bad[0]
-        raise CheckpointError(f"{src.origin}: looks like {plan.layout} but {len(bad)} tensors have other shapes "
-                              f"(first: {k} is {got}, expected {want}); nothing was loaded.")
+        raise CheckpointError(
+            f"{src.origin}: looks like {plan.layout} but {len(bad)} tensors have other shapes "
+            f"(first: {k} is {got}, expected {want}); nothing was loaded."
+        )
     tensors = src.load(by_module_key.values())
     state = {}
     for mk, sk in by_module_key.items():
@@ -261,7 +298,9 @@ def _materialize(plan: Plan, src: TensorSource) -> nn.Module:
     module.load_state_dict(state, strict=True, assign=True)
     leftovers = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if leftovers:
-        raise RuntimeError(f"internal: {plan.layout} module has tensors not in its state dict: {leftovers[:3]}")
+        raise RuntimeError(
+            f"internal: {plan.layout} module has tensors not in its state dict: {leftovers[:3]}"
+        )
     return module
 
 
@@ -273,13 +312,16 @@ def _latent_norm(plan: Plan, src: TensorSource) -> LatentNorm | None:
     return LatentNorm(got[mean_key].float().flatten(), got[std_key].float().flatten())
 
 
-def build_decoder(src: TensorSource, device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> FlashDecoder:
+def build_decoder(
+    src: TensorSource, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> FlashDecoder:
     plan = plan_for(src)
     stripped = _strip_vae_prefix(src) if META_FORMAT not in src.metadata else src
     if plan.layout.endswith("-diffusers") and plan.family is not Family.LTXV:
         keys = stripped.keys()
-        stripped = stripped.renamed(diffusers_wan_to_original(sorted(keys), any(".upsampler." in k for k in keys)))
+        stripped = stripped.renamed(
+            diffusers_wan_to_original(sorted(keys), any(".upsampler." in k for k in keys))
+        )
     elif plan.layout.endswith("-diffusers"):
         from .ltx_keys import diffusers_ltx_to_original
 
@@ -287,15 +329,20 @@ def build_decoder(src: TensorSource, device: torch.device | str = "cpu",
     module = _materialize(plan, stripped).eval().requires_grad_(False).to(device=device, dtype=dtype)
     norm = _latent_norm(plan, stripped)
     if plan.family is Family.LTXV and norm is None:
-        log.warning("%s: no latent statistics in the file; decoding ComfyUI latents as raw latents", src.origin)
+        log.warning(
+            "%s: no latent statistics in the file; decoding ComfyUI latents as raw latents", src.origin
+        )
     if norm is not None:
         norm = LatentNorm(norm.mean.to(device), norm.std.to(device))
     info = {"origin": src.origin, "parameters": sum(p.numel() for p in module.parameters())}
     return FlashDecoder(plan.family, plan.role, module, norm, plan.layout, info)
 
 
-def load_decoder(source: str | os.PathLike | Mapping[str, torch.Tensor], device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> FlashDecoder:
+def load_decoder(
+    source: str | os.PathLike | Mapping[str, torch.Tensor],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> FlashDecoder:
     """Load a decoder from a file (.safetensors/.pth/...), a diffusers folder, or a state dict.
 
     Only the decoder's tensors are read (the encoder stays on disk), lazily for safetensors files.
@@ -315,6 +362,10 @@ def save_student(decoder: FlashDecoder, path: str | os.PathLike) -> os.PathLike:
     if decoder.latent_norm is not None:
         tensors["latent_norm.mean"] = decoder.latent_norm.mean
         tensors["latent_norm.std"] = decoder.latent_norm.std
-    meta = {META_FORMAT: FORMAT_VERSION, META_FAMILY: decoder.family.value, META_ARCH: arch,
-            META_SPEC: spec.to_json()}
+    meta = {
+        META_FORMAT: FORMAT_VERSION,
+        META_FAMILY: decoder.family.value,
+        META_ARCH: arch,
+        META_SPEC: spec.to_json(),
+    }
     return atomic_save(tensors, path, meta)

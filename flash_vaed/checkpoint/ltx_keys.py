@@ -76,14 +76,14 @@ _PART_ORDER = {"conv_in": 0, "upsamplers.0": 1, "resnets": 2, "time_embedder": 2
 def _resnet(rest: str) -> str:
     for old, new in _RESNET_PARTS:
         if rest.startswith(old):
-            return new + rest[len(old):]
+            return new + rest[len(old) :]
     return rest
 
 
 def _top_level(key: str) -> str | None:
     for old, new in _TOP_LEVEL:
         if key == old or (old.endswith(".") and key.startswith(old)):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     return None
 
 
@@ -105,8 +105,9 @@ def _inner(match: re.Match) -> str:
     return rest  # upsamplers.0.conv.conv.* -> conv.conv.*
 
 
-def diffusers_ltx_to_original(keys: Iterable[str], shapes: Mapping[str, tuple[int, ...]] | None = None
-                              ) -> dict[str, str]:
+def diffusers_ltx_to_original(
+    keys: Iterable[str], shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> dict[str, str]:
     """Map each decoder key (and the two latent statistics) of a diffusers LTX-Video VAE to its ComfyUI name.
 
     keys: the diffusers state-dict keys (without any `vae.` prefix). shapes is accepted for the loader's
@@ -133,7 +134,9 @@ def diffusers_ltx_to_original(keys: Iterable[str], shapes: Mapping[str, tuple[in
     seen: dict[str, str] = {}
     for old, new in out.items():
         if new in seen:
-            raise CheckpointError(f"diffusers LTX-Video keys {seen[new]!r} and {old!r} both map to {new!r}; "
-                                  "this is not an AutoencoderKLLTXVideo layout this library knows")
+            raise CheckpointError(
+                f"diffusers LTX-Video keys {seen[new]!r} and {old!r} both map to {new!r}; "
+                "this is not an AutoencoderKLLTXVideo layout this library knows"
+            )
         seen[new] = old
     return out

@@ -8,8 +8,13 @@ from collections.abc import Mapping
 from ..errors import CheckpointError
 from ..spec import DecoderSpec, Family, Op, StageSpec
 
-_RESNET_PARTS = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6",
-                 "conv_shortcut": "shortcut"}
+_RESNET_PARTS = {
+    "norm1": "residual.0",
+    "conv1": "residual.2",
+    "norm2": "residual.3",
+    "conv2": "residual.6",
+    "conv_shortcut": "shortcut",
+}
 
 
 def _resnet(rest: str) -> str:
@@ -36,11 +41,18 @@ def diffusers_wan_to_original(keys: list[str], wan22: bool) -> dict[str, str]:
             new = f"decoder.middle.1.{m[1]}"
         elif m := re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", k):
             i, j = int(m[1]), int(m[2])
-            new = (f"decoder.upsamples.{i}.upsamples.{j}.{_resnet(m[3])}" if wan22
-                   else f"decoder.upsamples.{4 * i + j}.{_resnet(m[3])}")
+            new = (
+                f"decoder.upsamples.{i}.upsamples.{j}.{_resnet(m[3])}"
+                if wan22
+                else f"decoder.upsamples.{4 * i + j}.{_resnet(m[3])}"
+            )
         elif m := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers?\.(?:0\.)?(.+)", k):
             i = int(m[1])
-            new = f"decoder.upsamples.{i}.upsamples.3.{m[2]}" if wan22 else f"decoder.upsamples.{4 * i + 3}.{m[2]}"
+            new = (
+                f"decoder.upsamples.{i}.upsamples.3.{m[2]}"
+                if wan22
+                else f"decoder.upsamples.{4 * i + 3}.{m[2]}"
+            )
         if new is not None:
             out[k] = new
     return out
@@ -52,7 +64,9 @@ def _block_op(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> tuple[Op, i
         return Op.DEPTHWISE_3D, shapes[f"{prefix}.residual.2.pointwise_conv.weight"][0]
     w = shapes.get(f"{prefix}.residual.2.weight")
     if w is None:
-        raise CheckpointError(f"expected a residual block at '{prefix}' (key {prefix}.residual.2.weight is missing)")
+        raise CheckpointError(
+            f"expected a residual block at '{prefix}' (key {prefix}.residual.2.weight is missing)"
+        )
     return (Op.FULL_3D if len(w) == 5 else Op.FRAME_2D), w[0]
 
 
@@ -71,8 +85,15 @@ def spec_from_wan_shapes(shapes: Mapping[str, tuple[int, ...]], name: str) -> De
         if f"{prefix}.resample.1.weight" in shapes:
             if width is None:
                 raise CheckpointError(f"upsample at {prefix} follows no residual block")
-            stages.append(StageSpec(width, op, blocks, up_out=shapes[f"{prefix}.resample.1.weight"][0],
-                                    up_time=f"{prefix}.time_conv.weight" in shapes))
+            stages.append(
+                StageSpec(
+                    width,
+                    op,
+                    blocks,
+                    up_out=shapes[f"{prefix}.resample.1.weight"][0],
+                    up_time=f"{prefix}.time_conv.weight" in shapes,
+                )
+            )
             width, op, blocks = None, None, 0
         else:
             block_op, block_width = _block_op(shapes, prefix)
@@ -84,5 +105,12 @@ def spec_from_wan_shapes(shapes: Mapping[str, tuple[int, ...]], name: str) -> De
         raise CheckpointError("the decoder's last stage has no residual blocks")
     stages.append(StageSpec(width, op, blocks))
     head = shapes["decoder.head.2.weight"]
-    return DecoderSpec(family=family, middle_width=conv1[0], middle_op=middle_op, stages=tuple(stages),
-                       head_time=len(head) == 5, out_patch=2 if head[0] == 12 else 1, name=name)
+    return DecoderSpec(
+        family=family,
+        middle_width=conv1[0],
+        middle_op=middle_op,
+        stages=tuple(stages),
+        head_time=len(head) == 5,
+        out_patch=2 if head[0] == 12 else 1,
+        name=name,
+    )

@@ -26,6 +26,7 @@ class RegionDecoder(Protocol):
     time_stride: int
     space_stride: int
     temporal_halo: int  # non-causal only: latent frames of context needed on each side
+    temporal_context: tuple[int, int]  # non-causal only: (before, after), latent frames
 
     def new_stream(self) -> DecodeState | None: ...
 
@@ -45,7 +46,9 @@ class DecodePlan:
 
     def __post_init__(self) -> None:
         if self.chunk_frames is not None and self.chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be >= 1 (or None for the whole clip), got {self.chunk_frames}")
+            raise ValueError(
+                f"chunk_frames must be >= 1 (or None for the whole clip), got {self.chunk_frames}"
+            )
         if self.tile_px is not None and self.tile_px < 1:
             raise ValueError(f"tile_px must be >= 1 (or None for no tiling), got {self.tile_px}")
         if self.overlap_px is not None and self.overlap_px < 0:
@@ -94,7 +97,7 @@ def run_decode(
     for tile in tiles:
         ys, xs = tile.pixels(s)
         mask = feather_mask(tile, (h, w), s, ramp_px)
-        z_tile = z[:, :, :, tile.y0:tile.y1, tile.x0:tile.x1]
+        z_tile = z[:, :, :, tile.y0 : tile.y1, tile.x0 : tile.x1]
         stream = region.new_stream() if region.causal else None
         for a, c in chunks:
             if region.causal:
@@ -103,8 +106,10 @@ def run_decode(
                 frames = _decode_window(region, z_tile, a, c, tile)
             f0, f1 = frames_of_latents(a, c, ts)
             if frames.shape[2] != f1 - f0:
-                raise RuntimeError(f"decoder produced {frames.shape[2]} frames for latent frames [{a}, {c}), "
-                                   f"expected {f1 - f0}")
+                raise RuntimeError(
+                    f"decoder produced {frames.shape[2]} frames for latent frames [{a}, {c}), "
+                    f"expected {f1 - f0}"
+                )
             blender.add(frames, slice(f0, f1), ys, xs, mask)
             del frames
             done += 1
@@ -117,11 +122,11 @@ def run_decode(
 def _decode_window(region: RegionDecoder, z: torch.Tensor, a: int, c: int, tile: Tile) -> torch.Tensor:
     """Frames of latent frames [a, c) from a non-causal decoder, via a window padded by the halo."""
     t = z.shape[2]
+    before, after = getattr(region, "temporal_context", (region.temporal_halo, region.temporal_halo))
     # at least one frame of left context: a window's first latent frame yields only its last video frame
-    halo = max(1, region.temporal_halo)
-    w0, w1 = max(0, a - halo), min(t, c + halo)
+    w0, w1 = max(0, a - max(1, before)), min(t, c + after)
     frames = region(z[:, :, w0:w1], None, tile)
     # a window decodes like a clip of its own: its first latent frame yields one frame, at global w0*stride
     base = 0 if w0 == 0 else region.time_stride * w0
     f0, f1 = frames_of_latents(a, c, region.time_stride)
-    return frames[:, :, f0 - base:f1 - base]
+    return frames[:, :, f0 - base : f1 - base]

@@ -75,7 +75,9 @@ class DecodeState:
 
     def nbytes(self) -> int:
         """Bytes held as temporal context right now."""
-        return sum(s.past.numel() * s.past.element_size() for s in self._layers.values() if s.past is not None)
+        return sum(
+            s.past.numel() * s.past.element_size() for s in self._layers.values() if s.past is not None
+        )
 
     def to(self, device: torch.device | str) -> DecodeState:
         """Move the carried context (e.g. to CPU between chunks when memory is tight)."""

@@ -57,7 +57,7 @@ def feather_mask(tile: Tile, latent_hw: tuple[int, int], stride: int, ramp_px: i
             if lo_inner:
                 r[:k] = up
             if hi_inner:
-                r[n - k:] = up.flip(0)
+                r[n - k :] = up.flip(0)
         return r
 
     ry = ramp(h_px, tile.y0 > 0, tile.y1 < latent_hw[0])

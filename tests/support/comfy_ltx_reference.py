@@ -61,8 +61,12 @@ def _state_dict(job: dict) -> dict:
         return comfy.utils.load_torch_file(job["weights"])
     gen = job["generate"]
     rw = _reference_weights()
-    return rw.generate(rw.load_manifest(gen["manifest"]), seed=gen.get("seed", 0),
-                       include=gen.get("include"), zero=gen.get("zero", ()))
+    return rw.generate(
+        rw.load_manifest(gen["manifest"]),
+        seed=gen.get("seed", 0),
+        include=gen.get("include"),
+        zero=gen.get("zero", ()),
+    )
 
 
 def _build_vae(sd: dict, config: dict | None, base_channels: int | None):

@@ -21,7 +21,9 @@ def build(family: str, dim: int):
     import comfy.ldm.wan.vae
     import comfy.ldm.wan.vae2_2
 
-    common = dict(dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[], temperal_downsample=[False, True, True])
+    common = dict(
+        dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[], temperal_downsample=[False, True, True]
+    )
     if family == "wan21":
         return comfy.ldm.wan.vae.WanVAE(dim=dim, z_dim=16, **common)
     if family == "wan22":
