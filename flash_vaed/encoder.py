@@ -109,8 +109,9 @@ class FlashEncoder:
         t = frames.shape[2]
         if self.family is not Family.LTXV and t > 0 and (t - 1) % self.time_stride:
             keep = (t - 1) // self.time_stride * self.time_stride + 1
-            log.warning("Wan encode: %d frames is not 4k+1; the last %d are dropped, as ComfyUI does",
-                        t, t - keep)
+            log.warning(
+                "Wan encode: %d frames is not 4k+1; the last %d are dropped, as ComfyUI does", t, t - keep
+            )
             frames = frames[:, :, :keep]
         return frames
 
@@ -121,21 +122,33 @@ class FlashEncoder:
         ts, s = self.time_stride, self.space_stride
         name = {Family.WAN21: "Wan 2.1", Family.WAN22: "Wan 2.2", Family.LTXV: "LTX-Video"}[self.family]
         if t < 1 or (t - 1) % ts:
-            fix = ("ComfyUI refuses other counts too; trim or pad the clip" if self.family is Family.LTXV
-                   else "crop=True drops the trailing frames, as ComfyUI does")
-            raise FrameError(f"the {name} encoder takes 1 + {ts}k frames (1, {1 + ts}, {1 + 2 * ts}, ...), "
-                             f"got {t}: {fix}.")
+            fix = (
+                "ComfyUI refuses other counts too; trim or pad the clip"
+                if self.family is Family.LTXV
+                else "crop=True drops the trailing frames, as ComfyUI does"
+            )
+            raise FrameError(
+                f"the {name} encoder takes 1 + {ts}k frames (1, {1 + ts}, {1 + 2 * ts}, ...), got {t}: {fix}."
+            )
         if h < s or w < s or h % s or w % s:
-            raise FrameError(f"the {name} encoder needs height and width that are multiples of {s}, got "
-                             f"{h}x{w}: crop=True centre-crops them, as ComfyUI's VAEEncode does.")
+            raise FrameError(
+                f"the {name} encoder needs height and width that are multiples of {s}, got "
+                f"{h}x{w}: crop=True centre-crops them, as ComfyUI's VAEEncode does."
+            )
         if not bool(torch.isfinite(frames).all()):
             raise FrameError("frames contain NaN/Inf values")
 
     # ---- encoding ----
 
     @torch.inference_mode()
-    def encode(self, frames: torch.Tensor, chunk_frames: int | None = ENCODE_CHUNK_FRAMES, *,
-               crop: bool = False, on_progress: ProgressFn | None = None) -> torch.Tensor:
+    def encode(
+        self,
+        frames: torch.Tensor,
+        chunk_frames: int | None = ENCODE_CHUNK_FRAMES,
+        *,
+        crop: bool = False,
+        on_progress: ProgressFn | None = None,
+    ) -> torch.Tensor:
         """Encode frames (B, 3, T, H, W) in [-1, 1] to ComfyUI latents (B, C, T', H', W'), float32, on the
         encoder's device (Wan: raw means; LTX: normalized means; see the module docstring).
 
@@ -164,8 +177,9 @@ class FlashEncoder:
                 on_progress(i + 1, len(chunks))
         return torch.cat(out, dim=2)
 
-    def encode_images(self, images: torch.Tensor,
-                      chunk_frames: int | None = ENCODE_CHUNK_FRAMES) -> torch.Tensor:
+    def encode_images(
+        self, images: torch.Tensor, chunk_frames: int | None = ENCODE_CHUNK_FRAMES
+    ) -> torch.Tensor:
         """ComfyUI's VAEEncode: IMAGE (T, H, W, C) in [0, 1] (channels past 3 ignored) -> latents
         (1, C_lat, T', H', W'), with ComfyUI's crop (see `fit_frames`)."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] < 3:
@@ -179,8 +193,10 @@ def _check_layout(frames: torch.Tensor) -> None:
     if not isinstance(frames, torch.Tensor):
         raise FrameError(f"frames must be a torch.Tensor, got {type(frames).__name__}")
     if frames.dim() != 5 or frames.shape[1] != 3:
-        raise FrameError(f"frames must be (B, 3, T, H, W) in [-1, 1], got {tuple(frames.shape)} (a ComfyUI "
-                         "IMAGE (T, H, W, 3) in [0, 1] goes to encode_images)")
+        raise FrameError(
+            f"frames must be (B, 3, T, H, W) in [-1, 1], got {tuple(frames.shape)} (a ComfyUI "
+            "IMAGE (T, H, W, 3) in [0, 1] goes to encode_images)"
+        )
     if not frames.is_floating_point():
         raise FrameError(f"frames must be floating point in [-1, 1], got {frames.dtype}")
 
@@ -235,12 +251,19 @@ def _wan_plan(src: TensorSource, layout: str) -> Plan:
         dim = shapes["encoder.conv1.weight"][0]
         z_dim = shapes["conv1.weight"][0] // 2
     except KeyError as err:
-        raise CheckpointError(f"{src.origin}: looks like a Wan VAE encoder but the key {err.args[0]!r} is "
-                              "missing; the file is truncated or edited; nothing was loaded.") from None
+        raise CheckpointError(
+            f"{src.origin}: looks like a Wan VAE encoder but the key {err.args[0]!r} is "
+            "missing; the file is truncated or edited; nothing was loaded."
+        ) from None
     wanted = {k: k for k in shapes if k.startswith(("encoder.", "conv1."))}
     family = Family.WAN22 if wan22 else Family.WAN21
-    return Plan(f"{family.value}-encoder{layout}", family, "teacher",
-                lambda: WanEncoder(dim=dim, z_dim=z_dim, wan22=wan22), wanted)
+    return Plan(
+        f"{family.value}-encoder{layout}",
+        family,
+        "teacher",
+        lambda: WanEncoder(dim=dim, z_dim=z_dim, wan22=wan22),
+        wanted,
+    )
 
 
 def _ltx_plan(src: TensorSource) -> Plan:
@@ -265,22 +288,32 @@ def _ltx_plan(src: TensorSource) -> Plan:
             try:
                 return LTXTeacherEncoder.from_comfy_config(config, base_channels=base)
             except ValueError as err:
-                raise CheckpointError(f"{src.origin}: its metadata config describes an LTX encoder this "
-                                      f"library cannot build ({err})") from err
+                raise CheckpointError(
+                    f"{src.origin}: its metadata config describes an LTX encoder this "
+                    f"library cannot build ({err})"
+                ) from err
 
         return Plan("ltxv-encoder (config)", Family.LTXV, "teacher", build, wanted, LTX_STATS)
     version = 2 if V2_ENCODER_KEY in src.shapes else 0
     padding = (config or {}).get("spatial_padding_mode", "zeros")
     name = "ltxv-0.9.5-encoder" if version == 2 else "ltxv-0.9.0/0.9.1-encoder"
-    return Plan(name, Family.LTXV, "teacher", lambda: LTXTeacherEncoder.for_version(version, padding), wanted,
-                LTX_STATS)
+    return Plan(
+        name,
+        Family.LTXV,
+        "teacher",
+        lambda: LTXTeacherEncoder.for_version(version, padding),
+        wanted,
+        LTX_STATS,
+    )
 
 
 def plan_encoder(src: TensorSource) -> tuple[Plan, TensorSource]:
     """Decide which encoder `src` holds; returns the plan and the source under the plan's key names."""
     if META_FORMAT in src.metadata:
-        raise CheckpointError(f"{src.origin}: a Flash-VAED student holds a decoder only; load the teacher's "
-                              "VAE file (the one the student was distilled from) to encode.")
+        raise CheckpointError(
+            f"{src.origin}: a Flash-VAED student holds a decoder only; load the teacher's "
+            "VAE file (the one the student was distilled from) to encode."
+        )
     src = _strip_prefix(src)
     keys = src.keys()
     if "encoder.middle.0.residual.0.gamma" in keys or "encoder.conv1.weight" in keys:
@@ -291,17 +324,22 @@ def plan_encoder(src: TensorSource) -> tuple[Plan, TensorSource]:
         return _wan_plan(renamed, "-diffusers"), renamed
     if "encoder.conv_in.conv.weight" in keys:
         if any(k.startswith("encoder.down_blocks.0.resnets.") for k in keys):
-            raise CheckpointError(f"{src.origin}: a diffusers LTX-Video VAE; its encoder is not supported "
-                                  "yet. Load the single-file (ComfyUI layout) LTX-Video VAE to encode.")
+            raise CheckpointError(
+                f"{src.origin}: a diffusers LTX-Video VAE; its encoder is not supported "
+                "yet. Load the single-file (ComfyUI layout) LTX-Video VAE to encode."
+            )
         return _ltx_plan(src), src
     if any(k.startswith("decoder.") for k in keys):
-        raise CheckpointError(f"{src.origin}: holds a decoder but no encoder tensors (encoder.*): a "
-                              "decoder-only file cannot encode. Load the full VAE file of the model.")
+        raise CheckpointError(
+            f"{src.origin}: holds a decoder but no encoder tensors (encoder.*): a "
+            "decoder-only file cannot encode. Load the full VAE file of the model."
+        )
     raise unknown_layout_error(src)
 
 
-def build_encoder(src: TensorSource, device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> FlashEncoder:
+def build_encoder(
+    src: TensorSource, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> FlashEncoder:
     plan, view = plan_encoder(src)
     module = _materialize(plan, view).eval().requires_grad_(False).to(device=device, dtype=dtype)
     norm = _latent_norm(plan, view)
@@ -311,8 +349,11 @@ def build_encoder(src: TensorSource, device: torch.device | str = "cpu",
     return FlashEncoder(plan.family, module, norm, plan.layout, info)
 
 
-def load_encoder(source: str | os.PathLike | Mapping[str, torch.Tensor], device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> FlashEncoder:
+def load_encoder(
+    source: str | os.PathLike | Mapping[str, torch.Tensor],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> FlashEncoder:
     """Load a teacher's encoder from a VAE file (.safetensors/.pth/...), a diffusers Wan folder, or a state
     dict (keys may carry a `vae.` prefix). Strict: missing or unexpected encoder keys raise CheckpointError.
 

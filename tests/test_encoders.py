@@ -122,9 +122,23 @@ def test_wan22_encode_equals_comfyui_model(tmp_path):
     save_file(weights, str(tmp_path / "w.safetensors"))
     frames = _frames((1, 3, 9, 32, 48), seed=4)
     save_file({"frames": frames}, str(tmp_path / "x.safetensors"))
-    cmd = [sys.executable, str(MODEL_WORKER), "--comfy", str(comfy_root()), "encode", "--family", "wan22",
-           "--dim", "8", "--weights", str(tmp_path / "w.safetensors"),
-           "--frames", str(tmp_path / "x.safetensors"), "--out", str(tmp_path / "o.safetensors")]
+    cmd = [
+        sys.executable,
+        str(MODEL_WORKER),
+        "--comfy",
+        str(comfy_root()),
+        "encode",
+        "--family",
+        "wan22",
+        "--dim",
+        "8",
+        "--weights",
+        str(tmp_path / "w.safetensors"),
+        "--frames",
+        str(tmp_path / "x.safetensors"),
+        "--out",
+        str(tmp_path / "o.safetensors"),
+    ]
     proc = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     theirs = load_file(str(tmp_path / "o.safetensors"))["latent"]
@@ -136,20 +150,54 @@ def test_wan22_encode_equals_comfyui_model(tmp_path):
 
 # Reduced LTX encoders (ComfyUI's width 128, fewer blocks) covering every block kind ComfyUI knows.
 LTX_CASES = {
-    "v01-blocks": ([["res_x", 1], ["compress_all", 1], ["res_x_y", 1], ["compress_all", 1], ["res_x", 1],
-                    ["compress_all", 1]], None),
-    "v2-blocks-reflect": ([["res_x", {"num_layers": 1}], ["compress_space_res", {"multiplier": 2}],
-                           ["compress_time_res", {"multiplier": 1}], ["compress_all_res", {"multiplier": 1}],
-                           ["compress_all_res", {"multiplier": 1}], ["res_x", {"num_layers": 1}]], "reflect"),
-    "strided-x-y": ([["compress_time", 1], ["compress_space", 1], ["compress_all_x_y", {"multiplier": 2}],
-                     ["res_x", 1], ["compress_all", 1]], None),
+    "v01-blocks": (
+        [
+            ["res_x", 1],
+            ["compress_all", 1],
+            ["res_x_y", 1],
+            ["compress_all", 1],
+            ["res_x", 1],
+            ["compress_all", 1],
+        ],
+        None,
+    ),
+    "v2-blocks-reflect": (
+        [
+            ["res_x", {"num_layers": 1}],
+            ["compress_space_res", {"multiplier": 2}],
+            ["compress_time_res", {"multiplier": 1}],
+            ["compress_all_res", {"multiplier": 1}],
+            ["compress_all_res", {"multiplier": 1}],
+            ["res_x", {"num_layers": 1}],
+        ],
+        "reflect",
+    ),
+    "strided-x-y": (
+        [
+            ["compress_time", 1],
+            ["compress_space", 1],
+            ["compress_all_x_y", {"multiplier": 2}],
+            ["res_x", 1],
+            ["compress_all", 1],
+        ],
+        None,
+    ),
 }
 
 
 def ltx_reduced(blocks: list, padding: str | None) -> tuple[dict, dict[str, torch.Tensor]]:
-    config = {"dims": 3, "in_channels": 3, "out_channels": 3, "latent_channels": 128,
-              "encoder_blocks": blocks, "decoder_blocks": [["res_x", 1]], "norm_layer": "pixel_norm",
-              "patch_size": 4, "latent_log_var": "uniform", "causal_decoder": False}
+    config = {
+        "dims": 3,
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 128,
+        "encoder_blocks": blocks,
+        "decoder_blocks": [["res_x", 1]],
+        "norm_layer": "pixel_norm",
+        "patch_size": 4,
+        "latent_log_var": "uniform",
+        "causal_decoder": False,
+    }
     if padding is not None:
         config["spatial_padding_mode"] = padding
     with torch.device("meta"):
@@ -186,8 +234,11 @@ def test_ltx_encode_images_equals_comfyui_vaeencode(tmp_path, name):
 @pytest.mark.slow
 def test_wan21_full_size_equals_comfyui_vaeencode(tmp_path):
     """The released Wan 2.1 encoder (dim 96); the decoder keys ComfyUI needs to recognise the file only."""
-    sd = generate(load_manifest("wan21_comfy"), seed=0,
-                  include=["encoder.", "conv1.", "decoder.middle.0.residual.0.gamma", "decoder.head.0.gamma"])
+    sd = generate(
+        load_manifest("wan21_comfy"),
+        seed=0,
+        include=["encoder.", "conv1.", "decoder.middle.0.residual.0.gamma", "decoder.head.0.gamma"],
+    )
     path = tmp_path / "vae.safetensors"
     save_file(sd, str(path))
     images = _rand((5, 16, 24, 3), seed=9)
@@ -226,15 +277,18 @@ def _shape_source(shapes: dict[str, tuple[int, ...]]) -> TensorSource:
     return TensorSource(shapes, refuse)
 
 
-@pytest.mark.parametrize("manifest,family,layout", [
-    ("wan21_comfy", Family.WAN21, "wan21-encoder"),
-    ("wan22_comfy", Family.WAN22, "wan22-encoder"),
-    ("diffusers_wan21", Family.WAN21, "wan21-encoder-diffusers"),
-    ("diffusers_wan22", Family.WAN22, "wan22-encoder-diffusers"),
-    ("ltx_comfy_v0", Family.LTXV, "ltxv-0.9.0/0.9.1-encoder"),
-    ("ltx_comfy_v1", Family.LTXV, "ltxv-0.9.0/0.9.1-encoder"),
-    ("ltx_comfy_v2", Family.LTXV, "ltxv-0.9.5-encoder"),
-])
+@pytest.mark.parametrize(
+    "manifest,family,layout",
+    [
+        ("wan21_comfy", Family.WAN21, "wan21-encoder"),
+        ("wan22_comfy", Family.WAN22, "wan22-encoder"),
+        ("diffusers_wan21", Family.WAN21, "wan21-encoder-diffusers"),
+        ("diffusers_wan22", Family.WAN22, "wan22-encoder-diffusers"),
+        ("ltx_comfy_v0", Family.LTXV, "ltxv-0.9.0/0.9.1-encoder"),
+        ("ltx_comfy_v1", Family.LTXV, "ltxv-0.9.0/0.9.1-encoder"),
+        ("ltx_comfy_v2", Family.LTXV, "ltxv-0.9.5-encoder"),
+    ],
+)
 def test_real_layouts_build_exactly(manifest, family, layout):
     """Every encoder key of the released files, with its shape, is a parameter of the module we build."""
     plan, view = plan_encoder(_shape_source(manifest_shapes(load_manifest(manifest))))
@@ -252,7 +306,8 @@ def test_diffusers_wan_encoder_keys_map_onto_original(wan22):
     original = manifest_shapes(load_manifest(f"wan{name}_comfy"))
     mapping = diffusers_wan_encoder_to_original(sorted(diffusers), wan22)
     assert {new: diffusers[old] for old, new in mapping.items()} == {
-        k: v for k, v in original.items() if k.startswith(("encoder.", "conv1."))}
+        k: v for k, v in original.items() if k.startswith(("encoder.", "conv1."))
+    }
 
 
 def test_diffusers_wan_state_dict_encodes_like_original(wan21_small):

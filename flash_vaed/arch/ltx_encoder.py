@@ -35,15 +35,32 @@ from ..spec import Family
 from .ltx import ChannelLayerNorm, pad_time, pixel_norm
 
 # Encoder block lists of ComfyUI's guessed configs (VideoVAE.guess_config), in run order.
-_V01_BLOCKS: list = [["res_x", 4], ["compress_all", 1], ["res_x_y", 1], ["res_x", 3], ["compress_all", 1],
-                     ["res_x_y", 1], ["res_x", 3], ["compress_all", 1], ["res_x", 3], ["res_x", 4]]
+_V01_BLOCKS: list = [
+    ["res_x", 4],
+    ["compress_all", 1],
+    ["res_x_y", 1],
+    ["res_x", 3],
+    ["compress_all", 1],
+    ["res_x_y", 1],
+    ["res_x", 3],
+    ["compress_all", 1],
+    ["res_x", 3],
+    ["res_x", 4],
+]
 COMFY_ENCODER_BLOCKS: dict[int, list] = {
     0: _V01_BLOCKS,
     1: _V01_BLOCKS,
-    2: [["res_x", {"num_layers": 4}], ["compress_space_res", {"multiplier": 2}], ["res_x", {"num_layers": 6}],
-        ["compress_time_res", {"multiplier": 2}], ["res_x", {"num_layers": 6}],
-        ["compress_all_res", {"multiplier": 2}], ["res_x", {"num_layers": 2}],
-        ["compress_all_res", {"multiplier": 2}], ["res_x", {"num_layers": 2}]],
+    2: [
+        ["res_x", {"num_layers": 4}],
+        ["compress_space_res", {"multiplier": 2}],
+        ["res_x", {"num_layers": 6}],
+        ["compress_time_res", {"multiplier": 2}],
+        ["res_x", {"num_layers": 6}],
+        ["compress_all_res", {"multiplier": 2}],
+        ["res_x", {"num_layers": 2}],
+        ["compress_all_res", {"multiplier": 2}],
+        ["res_x", {"num_layers": 2}],
+    ],
 }
 V2_ENCODER_KEY = "encoder.down_blocks.1.conv.conv.bias"
 
@@ -56,13 +73,20 @@ class CausalConv3d(nn.Module):
     """kxkxk conv, causal in time by repeating the first frame k-1 times, space padded by k//2 with
     `padding_mode`; optional stride. Keys `<name>.conv.*`, as ComfyUI's."""
 
-    def __init__(self, in_ch: int, out_ch: int, padding_mode: str, stride: tuple[int, int, int] = (1, 1, 1),
-                 kernel_size: int = 3):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        padding_mode: str,
+        stride: tuple[int, int, int] = (1, 1, 1),
+        kernel_size: int = 3,
+    ):
         super().__init__()
         pad = kernel_size // 2
         self.kernel_size = kernel_size
-        self.conv = nn.Conv3d(in_ch, out_ch, kernel_size, stride=stride, padding=(0, pad, pad),
-                              padding_mode=padding_mode)
+        self.conv = nn.Conv3d(
+            in_ch, out_ch, kernel_size, stride=stride, padding=(0, pad, pad), padding_mode=padding_mode
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(pad_time(x, self.kernel_size, causal=True))
@@ -137,9 +161,17 @@ def _parse(entry: Sequence) -> tuple[str, dict]:
 class ComfyLTXEncoder(nn.Module):
     """The `encoder` submodule: ComfyUI's LTX Encoder (pixel norm, causal, patch 4) from a block list."""
 
-    def __init__(self, blocks: Sequence[Sequence], *, padding_mode: str = "zeros", in_channels: int = 3,
-                 latent_channels: int = 128, patch_size: int = 4, base_channels: int = 128,
-                 latent_log_var: str = "uniform"):
+    def __init__(
+        self,
+        blocks: Sequence[Sequence],
+        *,
+        padding_mode: str = "zeros",
+        in_channels: int = 3,
+        latent_channels: int = 128,
+        patch_size: int = 4,
+        base_channels: int = 128,
+        latent_log_var: str = "uniform",
+    ):
         super().__init__()
         if latent_log_var not in _LOG_VAR_EXTRA:
             raise ValueError(f"latent_log_var {latent_log_var!r} is not supported (no released file uses it)")
@@ -181,7 +213,7 @@ class ComfyLTXEncoder(nn.Module):
         for block in self.down_blocks:
             x = block(x)
         x = self.conv_out(F.silu(pixel_norm(x)))
-        return x[:, :self.latent_channels]
+        return x[:, : self.latent_channels]
 
 
 class LTXTeacherEncoder(nn.Module):
@@ -220,11 +252,15 @@ class LTXTeacherEncoder(nn.Module):
         if blocks is None:
             raise ValueError("config has neither encoder_blocks nor blocks")
         log_var = config.get("latent_log_var", "per_channel" if config.get("double_z", True) else "none")
-        return cls(blocks, spatial_padding_mode=config.get("spatial_padding_mode", "zeros"),
-                   in_channels=int(config.get("in_channels", 3)),
-                   latent_channels=int(config["latent_channels"]),
-                   patch_size=int(config.get("patch_size", 1)), base_channels=base_channels,
-                   latent_log_var=log_var)
+        return cls(
+            blocks,
+            spatial_padding_mode=config.get("spatial_padding_mode", "zeros"),
+            in_channels=int(config.get("in_channels", 3)),
+            latent_channels=int(config["latent_channels"]),
+            patch_size=int(config.get("patch_size", 1)),
+            base_channels=base_channels,
+            latent_log_var=log_var,
+        )
 
     def forward(self, frames: Tensor) -> Tensor:
         t = frames.shape[2]

@@ -63,10 +63,13 @@ class Downsample(TemporalLayer):
         buf = torch.cat([state.past, x], dim=2)
         n = (buf.shape[2] - 1) // 2
         # clone: a view would pin the whole chunk in memory until the next one arrives
-        state.past = buf[:, :, 2 * n:].clone()
+        state.past = buf[:, :, 2 * n :].clone()
         state.frames_seen += x.shape[2]
-        y = F.conv3d(buf[:, :, :2 * n + 1], self.time_conv.weight, self.time_conv.bias, stride=(2, 1, 1)) \
-            if n > 0 else buf[:, :, :0]
+        y = (
+            F.conv3d(buf[:, :, : 2 * n + 1], self.time_conv.weight, self.time_conv.bias, stride=(2, 1, 1))
+            if n > 0
+            else buf[:, :, :0]
+        )
         return y if head is None else torch.cat([head, y], dim=2)
 
     def forward(self, x: torch.Tensor, state: DecodeState) -> torch.Tensor:
@@ -99,9 +102,9 @@ class AvgDownShortcut(TemporalLayer):
             before = s.past if s.started else x.new_zeros(b, c, ft - 1, h, w)
             buf = torch.cat([before, x], dim=2)
             n = buf.shape[2] // ft
-            s.past = buf[:, :, n * ft:].clone()
+            s.past = buf[:, :, n * ft :].clone()
             s.frames_seen += x.shape[2]
-            x = buf[:, :, :n * ft]
+            x = buf[:, :, : n * ft]
         b, c, t, h, w = x.shape
         x = x.reshape(b, c, t // ft, ft, h // fs, fs, w // fs, fs).permute(0, 1, 3, 5, 7, 2, 4, 6)
         return x.reshape(b, self.out_ch, self.group, t // ft, h // fs, w // fs).mean(dim=2)
@@ -153,9 +156,13 @@ class WanEncoderBody(nn.Module):
                 layers.append(Downsample(ch, time=down_time))
         self.downsamples = nn.ModuleList(layers)
         mid = dims[-1]
-        self.middle = nn.ModuleList([
-            ResidualBlock3D(mid, mid, False), FrameAttention(mid), ResidualBlock3D(mid, mid, False),
-        ])
+        self.middle = nn.ModuleList(
+            [
+                ResidualBlock3D(mid, mid, False),
+                FrameAttention(mid),
+                ResidualBlock3D(mid, mid, False),
+            ]
+        )
         self.head = Head(mid, out_ch, time=True)
         self.space_stride = 2 ** (len(DIM_MULT) - 1)
 
