@@ -1,0 +1,117 @@
+"""A real ComfyUI `VAE` whose decoder is Flash-VAED: it plugs into VAE Decode, VAE Decode (Tiled), image-to-video
+nodes and anything else that takes a VAE.
+
+It is a `comfy.sd.VAE` subclass built without `VAE.__init__` (which would build a model from a state dict):
+it sets the attributes ComfyUI's own Wan / LTX-Video branches set, with `first_stage_model` = the decoder
+module wrapper and `patcher` = its ModelPatcher, both shared with the FLASH_VAED output. decode and
+decode_tiled go through the same `_glue.decode` as the Flash-VAED Decode node, so VAE Decode gives the
+node's frames. Encoding needs the original VAE: it is delegated to `teacher_vae`, or raises.
+"""
+
+from __future__ import annotations
+
+import math
+
+import comfy.model_management as mm
+import comfy.sd
+import torch
+
+from ..flash_vaed.engine.budget import estimate_bytes, profile_decoder
+from ..flash_vaed.engine.decode import DecodePlan
+from . import _glue
+
+
+class TeacherVAEMissing(RuntimeError):
+    """Something tried to encode with a Flash-VAED VAE that has no teacher VAE to encode with."""
+
+
+class FlashVAE(comfy.sd.VAE):
+    """comfy.sd.VAE with a Flash-VAED decoder and, optionally, a teacher VAE for encoding."""
+
+    def __init__(self, model: _glue.FlashModel, teacher: comfy.sd.VAE | None = None):
+        family = model.family
+        s, ts = family.space_stride, family.time_stride
+        if teacher is not None and getattr(teacher, "latent_channels", None) != family.latent_channels:
+            raise ValueError(
+                f"teacher_vae makes {getattr(teacher, 'latent_channels', '?')}-channel latents, but {model.name} "
+                f"decodes {family.value} latents ({family.latent_channels} channels): connect the VAE of the same "
+                "model family (e.g. wan_2.1_vae for Flash_VAED_Wan, the LTX-Video VAE for Flash_VAED_LTX)"
+            )
+        self.flash = model
+        self.teacher = teacher
+        self.first_stage_model = model.first_stage
+        self.patcher = model.patcher
+        self.device = model.patcher.load_device
+        self.vae_dtype = model.dtype
+        self.output_device = mm.intermediate_device()
+        self.latent_channels = family.latent_channels
+        self.latent_dim = 3
+        self.output_channels = 3
+        self.upscale_ratio = (lambda a: max(0, a * ts - (ts - 1)), s, s)
+        self.upscale_index_formula = (ts, s, s)
+        self.downscale_ratio = (lambda a: max(0, math.floor((a + ts - 1) / ts)), s, s)
+        self.downscale_index_formula = (ts, s, s)
+        self.process_input = lambda image: image * 2.0 - 1.0
+        self.process_output = lambda image: torch.clamp((image + 1.0) / 2.0, min=0.0, max=1.0)
+        self.working_dtypes = list(_glue.WORKING_DTYPES[family])
+        self.disable_offload = False
+        self.not_video = False
+        self.extra_1d_channel = None
+        self.crop_input = True
+        self.size = None
+        self.memory_used_decode = self._memory_used_decode
+        self.memory_used_encode = (
+            teacher.memory_used_encode if teacher is not None else (lambda shape, dtype: 0)
+        )
+        self.model_size()
+
+    def _memory_used_decode(self, shape, dtype) -> int:
+        return estimate_bytes(profile_decoder(self.flash.decoder), shape, dtype, DecodePlan())
+
+    # ---- decoding: Flash-VAED ----
+
+    def decode(self, samples_in: torch.Tensor, vae_options: dict | None = None) -> torch.Tensor:
+        """(B, C, T, H, W) latents -> (B, T_out, H_out, W_out, 3) in [0, 1], the plan chosen from free memory."""
+        frames, _stats = _glue.decode(self.flash, samples_in, "auto")
+        return self.process_output(frames).to(self.output_device).movedim(1, -1)
+
+    def decode_tiled(self, samples, tile_x=None, tile_y=None, overlap=None, tile_t=None, overlap_t=None):
+        """VAE Decode (Tiled): tiles of tile_x latent pixels, chunks of tile_t latent frames. Temporal overlap
+        is not needed: streaming carries the causal context (Wan), windows carry their halo (LTX-Video)."""
+        s = self.flash.family.space_stride
+        tile = max(tile_x or 0, tile_y or 0) or None
+        frames, _stats = _glue.decode(
+            self.flash, samples, "tiled", chunk_frames=tile_t,
+            tile_px=None if tile is None else tile * s, overlap_px=None if overlap is None else overlap * s,
+        )  # fmt: skip
+        return self.process_output(frames).to(self.output_device).movedim(1, -1)
+
+    # ---- encoding: the teacher's ----
+
+    def _teacher(self) -> comfy.sd.VAE:
+        if self.teacher is None:
+            raise TeacherVAEMissing(
+                f"this VAE comes from Load Flash-VAED ({self.flash.name}), a decoder only: it cannot encode. "
+                "Connect the original VAE of your model (Load VAE) to the teacher_vae input of Load Flash-VAED; "
+                "encoding (VAE Encode, image-to-video nodes) then runs on it, decoding stays Flash-VAED."
+            )
+        return self.teacher
+
+    def encode(self, pixel_samples):
+        return self._teacher().encode(pixel_samples)
+
+    def encode_tiled(
+        self, pixel_samples, tile_x=None, tile_y=None, overlap=None, tile_t=None, overlap_t=None
+    ):
+        return self._teacher().encode_tiled(pixel_samples, tile_x, tile_y, overlap, tile_t, overlap_t)
+
+    def vae_encode_crop_pixels(self, pixels):
+        return self._teacher().vae_encode_crop_pixels(pixels)
+
+    def spacial_compression_encode(self):
+        if self.teacher is not None:
+            return self.teacher.spacial_compression_encode()
+        return super().spacial_compression_encode()
+
+    def get_sd(self):
+        return self.flash.decoder.module.state_dict()
