@@ -236,6 +236,8 @@ def decode(
     _check(model, latents)
     decoder, shape = model.decoder, tuple(latents.shape)
     plan = requested_plan(mode, chunk_frames, tile_px, overlap_px)
+    if "profile" not in decoder.info:  # measure once, on the device it will run on (fast there)
+        mm.load_models_gpu([model.patcher], force_full_load=True)
     profile = profile_decoder(decoder)
     need = estimate_bytes(profile, shape, model.dtype, plan or DecodePlan())
     mm.load_models_gpu([model.patcher], memory_required=need, force_full_load=True)
