@@ -106,7 +106,7 @@ def fetch_official(
         return dest
     if _offline():
         raise HubDownloadError(
-            f"{name} is not in {dest_dir} and Hugging Face downloads are off (HF_HUB_OFFLINE "
+            f"{name} is not in {dest.parent} and Hugging Face downloads are off (HF_HUB_OFFLINE "
             f"is set). {manual_step(ckpt, dest)}."
         )
     from huggingface_hub import get_hf_file_metadata
