@@ -1,0 +1,504 @@
+"""Prune a Wan-family teacher into a student of any `DecoderSpec` with the same stage layout.
+
+What is pruned where (docs/pruning.md has the reasoning and measurements):
+
+- Channels live in *sites*: the residual stream between identity shortcuts, the inside of each residual
+  block (after its first conv), an attention block's values, an upsample's output. A run of blocks whose
+  STUDENT shortcut is the identity shares one site, so the stream keeps one channel set all along it;
+  a block with a projection shortcut (widths change, or a per-frame 2D block, which always has one)
+  starts a new site.
+- A site keeps `select_channels` of its consumers' inputs, stacked: every conv that reads the site,
+  measured where it reads it (after RMSNorm and SiLU for a block's first conv and the head, raw for
+  shortcuts and upsamples). Those activations are where the consumers are linear, so the fold is exact
+  in the limit of a perfect reconstruction.
+- Every consumer conv is then pruned to the kept input channels with its own `fold_reconstruction`
+  (measured on its own input), and every producer keeps only the rows of the kept output channels.
+- Each RMSNorm now normalises over the kept channels only: its gamma is refitted per channel to match
+  the teacher's norm on them (`refit_norm_gamma`).
+- Attention: values are a site (kept by independence of the attention output, folded into `proj`, which
+  is exact here because softmax rows sum to one); queries and keys are replaced by the best rank-k
+  factorisation of the teacher's (bias-augmented) bilinear form q^T k, rescaled for the narrower head's
+  1/sqrt(k) softmax temperature.
+- Operators: a stage whose op changes gets its convs from `surgery.init_depthwise` / `init_frame2d`,
+  fitted on patches of the teacher's own inputs and outputs; shortcuts change exactly (1x1 kernels).
+
+The teacher must be all FULL_3D with a causal head (the Wan 2.1 VAE, or any `WanFamilyDecoder` built
+so); the student must have the same family, stage count, blocks per stage, time upsamples and head patch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import zlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..arch.layers import (
+    CausalConv3d,
+    CausalSeparableConv3d,
+    FrameAttention,
+    PointwiseConv3d,
+    ResidualBlock2D,
+    ResidualBlock3D,
+    RMSNorm,
+    SeparableConv3d,
+    Upsample,
+)
+from ..arch.wan import WanFamilyDecoder
+from ..decoder import FlashDecoder
+from ..spec import DecoderSpec, Op
+from .calibrate import PatchRequest, collect_inputs, collect_patches, run_decoder
+from .fold import Fold, fold_into_weight, fold_reconstruction, refit_norm_gamma
+from .report import LayerReport, PruneReport, psnr_db
+from .select import filter_l1, select_by_magnitude, select_channels, select_random
+from .surgery import fill_conv, init_depthwise, init_frame2d, replace_conv
+
+log = logging.getLogger(__name__)
+
+SELECTIONS = ("qr", "l1", "random")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How to prune.
+
+    target:      the student layout (None only for `build_student_from_teacher`, which takes it apart).
+    selection:   "qr" (independence-aware, pivoted QR on activations), "l1" (largest L1 norm of the
+                 producing filters) or "random": the last two are baselines.
+    fold:        fold dropped channels into the consumer convs (False: plain dropping, a baseline).
+    refit_norms: refit the RMSNorm gammas for the narrower norms (False: keep the teacher's gamma).
+    ridge:       relative ridge of every least-squares fit (see fold.ridge_lstsq).
+    rows:        sampled pixel rows per layer for selection and folds.
+    patch_rows:  sampled patch rows per replaced conv for the operator fits.
+    holdout:     calibration clips held out (the last ones) for the report's PSNR, not used for fitting.
+    batch:       clips per teacher forward pass during calibration.
+    seed:        seeds row sampling and random selection.
+    """
+
+    target: DecoderSpec | None = None
+    selection: str = "qr"
+    fold: bool = True
+    refit_norms: bool = True
+    ridge: float = 1e-3
+    rows: int = 4096
+    patch_rows: int = 2048
+    holdout: int = 1
+    batch: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.rows < 2 or self.patch_rows < 2 or self.holdout < 0 or self.batch < 1:
+            raise ValueError(f"rows, patch_rows and batch must be positive, holdout >= 0: {self}")
+
+
+@dataclass(eq=False)
+class _Site:
+    """A channel space of the teacher and the subset of it the student keeps."""
+
+    name: str
+    teacher: int
+    student: int
+    consumers: list[str] = field(default_factory=list)  # modules whose input is in this space
+    producers: list[torch.Tensor] = field(default_factory=list)  # weights whose rows are this space
+    kept: torch.Tensor | None = None
+    errors: list[float] = field(default_factory=list)
+
+
+def _width(norm: RMSNorm) -> int:
+    return norm.gamma.numel()
+
+
+def _check_pair(teacher: nn.Module, spec: DecoderSpec) -> DecoderSpec:
+    if not isinstance(teacher, WanFamilyDecoder):
+        raise TypeError(
+            f"pruning needs a Wan-family teacher (WanFamilyDecoder: the Wan 2.1 VAE), got {type(teacher).__name__}"
+        )
+    t = teacher.spec
+    if any(op is not Op.FULL_3D for op in [t.middle_op, *(s.op for s in t.stages)]) or not t.head_time:
+        raise NotImplementedError(f"the teacher {t.name} must be all FULL_3D with a causal head")
+    problems = []
+    if spec.family is not t.family or spec.out_patch != t.out_patch:
+        problems.append(
+            f"family/out_patch {spec.family.value}/{spec.out_patch} vs {t.family.value}/{t.out_patch}"
+        )
+    if len(spec.stages) != len(t.stages):
+        raise ValueError(
+            f"cannot prune {t.name} into {spec.name}: {len(spec.stages)} stages vs the teacher's {len(t.stages)}"
+        )
+    stages = list(zip(spec.stages, t.stages, strict=True))
+    for i, (s, ts) in enumerate(stages):
+        if s.blocks != ts.blocks or s.up_time != ts.up_time:
+            problems.append(f"stage {i}: blocks/up_time {s.blocks}/{s.up_time} vs {ts.blocks}/{ts.up_time}")
+    pairs = [(spec.middle_width, t.middle_width)] + [(s.width, ts.width) for s, ts in stages]
+    pairs += [(s.up_out or 0, ts.up_out or 0) for s, ts in stages]
+    if any(a > b for a, b in pairs):
+        problems.append(f"a student width exceeds the teacher's (student, teacher): {pairs}")
+    if problems:
+        raise ValueError(f"cannot prune {t.name} into {spec.name}: " + "; ".join(problems))
+    return t
+
+
+class _WanPruner:
+    """One pruning run: walk the teacher, calibrate, select, build the student's weights."""
+
+    def __init__(self, teacher: WanFamilyDecoder, config: PruneConfig):
+        if config.target is None:
+            raise ValueError("PruneConfig.target is required: the DecoderSpec to prune into")
+        self.cfg = config
+        self.spec = config.target
+        _check_pair(teacher, self.spec)
+        p = next(teacher.parameters())
+        self.teacher = teacher
+        self.student = WanFamilyDecoder(self.spec).to(device=p.device, dtype=p.dtype).eval()
+        self.sites: list[_Site] = []
+        self.norms: list[str] = []
+        self.op_lines: list[LayerReport] = []
+        self._walk()
+
+    # ---- structure -----------------------------------------------------------------------------
+
+    def _site(self, name: str, teacher: int, student: int) -> _Site:
+        site = _Site(name, teacher, student)
+        self.sites.append(site)
+        return site
+
+    def _walk(self) -> None:
+        """Assign every conv's input and output to a site; list the units to build, in forward order."""
+        t, s = self.teacher.decoder, self.student.decoder
+        cur = self._site("decoder.conv1", t.conv1.out_channels, s.conv1.out_channels)
+        cur.producers.append(t.conv1.weight)
+        self.units: list[tuple[str, tuple[_Site, ...]]] = [("decoder.conv1", (cur,))]
+        names = [f"decoder.middle.{i}" for i in range(len(t.middle))]
+        names += [f"decoder.upsamples.{i}" for i in range(len(t.upsamples))]
+        for name in names:
+            tm, sm = self.teacher.get_submodule(name), self.student.get_submodule(name)
+            if isinstance(tm, ResidualBlock3D):
+                s_identity = isinstance(sm.shortcut, nn.Identity)
+                t_identity = isinstance(tm.shortcut, nn.Identity)
+                if s_identity and not t_identity:
+                    raise ValueError(
+                        f"{name}: the student keeps an identity shortcut where the teacher projects "
+                        f"({_width(tm.residual[0])} -> {_width(tm.residual[3])} channels); give the student "
+                        "different in/out widths there"
+                    )
+                mid = self._site(f"{name}.mid", _width(tm.residual[3]), _width(sm.residual[3]))
+                mid.producers.append(tm.residual[2].weight)
+                mid.consumers.append(f"{name}.residual.6")
+                cur.consumers.append(f"{name}.residual.2")
+                if not s_identity:
+                    cur.consumers.append(f"{name}.residual.0")  # raw stream = the shortcut conv's input
+                out = cur if s_identity else self._site(f"{name}.out", mid.teacher, mid.student)
+                out.producers.append(tm.residual[6].weight)
+                if not t_identity:
+                    out.producers.append(tm.shortcut.weight)
+                self.norms += [f"{name}.residual.0", f"{name}.residual.3"]
+                self.units.append((name, (cur, mid, out)))
+                cur = out
+            elif isinstance(tm, FrameAttention):
+                v = self._site(f"{name}.v", tm.proj.in_channels, sm.proj.in_channels)
+                v.producers.append(tm.to_qkv.weight[2 * v.teacher :])
+                v.consumers.append(f"{name}.proj")
+                cur.consumers.append(f"{name}.to_qkv")
+                cur.producers.append(tm.proj.weight)
+                self.norms.append(f"{name}.norm")
+                self.units.append((name, (cur, v)))
+            elif isinstance(tm, Upsample):
+                conv = tm.resample[1]
+                out = self._site(f"{name}.out", conv.out_channels, sm.resample[1].out_channels)
+                out.producers.append(conv.weight)
+                cur.consumers.append(f"{name}.resample.1")
+                if tm.time_conv is not None:
+                    cur.consumers.append(name)  # the time conv reads the Upsample's input
+                self.units.append((name, (cur, out)))
+                cur = out
+            else:
+                raise TypeError(f"{name}: unexpected teacher module {type(tm).__name__}")
+        cur.consumers.append("decoder.head.2")
+        self.norms.append("decoder.head.0")
+        self.units.append(("decoder.head", (cur,)))
+
+    # ---- channel selection ---------------------------------------------------------------------
+
+    def _select(self, site: _Site, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if site.student == site.teacher:
+            return torch.arange(site.teacher)
+        if self.cfg.selection == "l1":
+            return select_by_magnitude(sum(filter_l1(w).cpu() for w in site.producers), site.student)
+        if self.cfg.selection == "random":
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + zlib.crc32(site.name.encode()))
+            return select_random(site.teacher, site.student, gen)
+        # every consumer weighs the same: each one's rows scaled to unit mean energy
+        blocks = []
+        for name in site.consumers:
+            x = inputs[name].double()
+            blocks.append(x / x.pow(2).sum(dim=1).mean().sqrt().clamp_min(1e-12))
+        return select_channels(torch.cat(blocks), site.student)
+
+    # ---- weights -------------------------------------------------------------------------------
+
+    def _fold(self, consumer: str, site: _Site) -> Fold:
+        if consumer not in self._folds:
+            acts = self.inputs[consumer]
+            fold = (
+                fold_reconstruction(acts, site.kept, self.cfg.ridge)
+                if self.cfg.fold
+                else Fold.drop(acts, site.kept)
+            )
+            site.errors.append(fold.error)
+            self._folds[consumer] = fold
+        return self._folds[consumer]
+
+    def _folded(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, consumer: str, site: _Site, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """weight (C_out, C_in, ...) with input channels pruned to site.kept (folded) and rows kept."""
+        w, b = fold_into_weight(weight, bias, self._fold(consumer, site))
+        rows = rows.to(w.device)
+        return w[rows], None if b is None else b[rows]
+
+    def _gamma(self, norm_name: str, student_norm: RMSNorm, site: _Site) -> None:
+        teacher_gamma = self.teacher.get_submodule(norm_name).gamma.detach().flatten()
+        if self.cfg.refit_norms:
+            g = refit_norm_gamma(self.inputs[norm_name], teacher_gamma, site.kept)
+        else:
+            g = teacher_gamma[site.kept.to(teacher_gamma.device)]
+        with torch.no_grad():
+            student_norm.gamma.copy_(g.reshape(student_norm.gamma.shape))
+
+    def _conv(self, name: str, conv: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Fill a student conv of any op from an equivalent full causal 3D weight (C_out, C_in, k, k, k)."""
+        if isinstance(conv, CausalConv3d):
+            fill_conv(conv, weight, bias)
+            return
+        patches, targets = self.patches[name]
+        if isinstance(conv, CausalSeparableConv3d):
+            init = init_depthwise(weight, bias, patches, targets, self.cfg.ridge)
+            fill_conv(conv.depthwise_conv, init.depthwise, None)
+            fill_conv(conv.pointwise_conv, init.pointwise, init.bias)
+            op, err = Op.DEPTHWISE_3D, init.error
+        elif isinstance(conv, nn.Conv2d):
+            w2, b2, err = init_frame2d(weight, bias, patches, targets, self.cfg.ridge)
+            fill_conv(conv, w2, b2)
+            op = Op.FRAME_2D
+        else:
+            raise TypeError(f"{name}: cannot initialise a {type(conv).__name__}")
+        c_out = weight.shape[0]
+        self.op_lines.append(LayerReport(name, "operator", c_out, c_out, err, f"full3d->{op.value}"))
+
+    def _needs_patches(self) -> dict[str, PatchRequest]:
+        requests = {}
+        for name, sites in self.units:
+            sm = self.student.get_submodule(name)
+            if isinstance(sm, (ResidualBlock2D, ResidualBlock3D)) and not isinstance(
+                sm.residual[2], CausalConv3d
+            ):
+                cur, mid, out = sites
+                requests[f"{name}.residual.2"] = PatchRequest(cur.kept, mid.kept)
+                requests[f"{name}.residual.6"] = PatchRequest(mid.kept, out.kept)
+            elif name == "decoder.head" and not isinstance(sm[2], CausalConv3d):
+                requests["decoder.head.2"] = PatchRequest(sites[0].kept, torch.arange(sm[2].out_channels))
+        return requests
+
+    def _block(self, name: str, sites: tuple[_Site, ...]) -> None:
+        cur, mid, out = sites
+        tb, sb = self.teacher.get_submodule(name), self.student.get_submodule(name)
+        tr, sr = tb.residual, sb.residual
+        self._gamma(f"{name}.residual.0", sr[0], cur)
+        w, b = self._folded(tr[2].weight, tr[2].bias, f"{name}.residual.2", cur, mid.kept)
+        self._conv(f"{name}.residual.2", sr[2], w, b)
+        self._gamma(f"{name}.residual.3", sr[3], mid)
+        w, b = self._folded(tr[6].weight, tr[6].bias, f"{name}.residual.6", mid, out.kept)
+        self._conv(f"{name}.residual.6", sr[6], w, b)
+        if isinstance(sb.shortcut, nn.Identity):
+            return
+        if isinstance(tb.shortcut, nn.Identity):
+            eye = torch.eye(cur.teacher, dtype=tr[2].weight.dtype, device=tr[2].weight.device)
+            tw, tbias = eye[:, :, None, None, None], None
+        else:
+            tw, tbias = tb.shortcut.weight, tb.shortcut.bias
+        w, b = self._folded(tw, tbias, f"{name}.residual.0", cur, out.kept)  # (k_out, k_in, 1, 1, 1)
+        sc = sb.shortcut
+        if isinstance(sc, PointwiseConv3d):
+            fill_conv(sc, w, b)
+        elif isinstance(sc, SeparableConv3d):
+            fill_conv(sc.depthwise_conv, torch.ones_like(sc.depthwise_conv.weight), None)
+            fill_conv(sc.pointwise_conv, w, b)
+        else:
+            fill_conv(sc, w.flatten(2).unsqueeze(-1), b)
+
+    def _attention(self, name: str, sites: tuple[_Site, ...]) -> None:
+        cur, v = sites
+        ta, sa = self.teacher.get_submodule(name), self.student.get_submodule(name)
+        self._gamma(f"{name}.norm", sa.norm, cur)
+        c, k = cur.teacher, cur.student
+        w, b = self._folded(ta.to_qkv.weight, ta.to_qkv.bias, f"{name}.to_qkv", cur, torch.arange(3 * c))
+        w, b = w.flatten(1).double(), b.double()
+        if k == c:
+            wq, wk, bq, bk = w[:c], w[c : 2 * c], b[:c], b[c : 2 * c]
+        else:
+            # q.k over c channels at temperature 1/sqrt(c) -> over k channels at 1/sqrt(k): factor the
+            # bias-augmented bilinear form [W_q b_q]^T [W_k b_k] at rank k (the best in Frobenius norm)
+            qa = torch.cat([w[:c], b[:c, None]], dim=1)
+            ka = torch.cat([w[c : 2 * c], b[c : 2 * c, None]], dim=1)
+            u, s, vh = torch.linalg.svd(qa.T @ ka * math.sqrt(k / c))
+            root = s[:k].sqrt()
+            qn, kn = (u[:, :k] * root).T, (vh[:k].T * root).T  # (k, k + 1) each
+            wq, bq, wk, bk = qn[:, :k], qn[:, k], kn[:, :k], kn[:, k]
+        vk = v.kept.to(w.device)
+        wv, bv = w[2 * c :][vk], b[2 * c :][vk]
+        qkv_w = torch.cat([wq, wk, wv]).reshape(sa.to_qkv.weight.shape)
+        fill_conv(sa.to_qkv, qkv_w, torch.cat([bq, bk, bv]))
+        w, b = self._folded(ta.proj.weight, ta.proj.bias, f"{name}.proj", v, cur.kept)
+        fill_conv(sa.proj, w, b)
+
+    def _upsample(self, name: str, sites: tuple[_Site, ...]) -> None:
+        cur, out = sites
+        tu, su = self.teacher.get_submodule(name), self.student.get_submodule(name)
+        if tu.time_conv is not None:
+            # the time conv's two output groups are frames 2i and 2i+1 in the SAME channel space as its
+            # input (the stream's first frame passes through unconverted), so both keep cur.kept
+            kept = cur.kept
+            rows = torch.cat([kept, kept + cur.teacher])
+            w, b = self._folded(tu.time_conv.weight, tu.time_conv.bias, name, cur, rows)
+            fill_conv(su.time_conv, w, b)
+        conv = tu.resample[1]
+        w, b = self._folded(conv.weight, conv.bias, f"{name}.resample.1", cur, out.kept)
+        fill_conv(su.resample[1], w, b)
+
+    def _head(self, sites: tuple[_Site, ...]) -> None:
+        (cur,) = sites
+        th, sh = self.teacher.decoder.head, self.student.decoder.head
+        self._gamma("decoder.head.0", sh[0], cur)
+        rows = torch.arange(th[2].out_channels)
+        w, b = self._folded(th[2].weight, th[2].bias, "decoder.head.2", cur, rows)
+        self._conv("decoder.head.2", sh[2], w, b)
+
+    # ---- the run -------------------------------------------------------------------------------
+
+    def run(self, calib: torch.Tensor) -> PruneReport:
+        cfg = self.cfg
+        fit, held = _split(calib, cfg.holdout)
+        names = [c for s in self.sites for c in s.consumers] + self.norms
+        log.info("calibrating %s on %d clips (%d layers)", self.teacher.spec.name, fit.shape[0], len(names))
+        self.inputs = collect_inputs(self.teacher, fit, names, cfg.rows, cfg.seed, cfg.batch)
+        for site in self.sites:
+            site.kept = self._select(site, self.inputs).cpu()
+        requests = self._needs_patches()
+        self.patches = (
+            collect_patches(self.teacher, fit, requests, cfg.patch_rows, cfg.seed, cfg.batch)
+            if requests
+            else {}
+        )
+        self._folds: dict[str, Fold] = {}
+        t, s = self.teacher.decoder, self.student.decoder
+        with torch.no_grad():
+            self.student.conv2.load_state_dict(self.teacher.conv2.state_dict())
+        for name, sites in self.units:
+            if name == "decoder.conv1":
+                rows = sites[0].kept.to(t.conv1.weight.device)
+                fill_conv(s.conv1, t.conv1.weight[rows], t.conv1.bias[rows])
+            elif name == "decoder.head":
+                self._head(sites)
+            else:
+                module = self.teacher.get_submodule(name)
+                if isinstance(module, ResidualBlock3D):
+                    self._block(name, sites)
+                elif isinstance(module, FrameAttention):
+                    self._attention(name, sites)
+                else:
+                    self._upsample(name, sites)
+        psnr = None
+        if held is not None:
+            psnr = psnr_db(
+                run_decoder(self.student, held, cfg.batch), run_decoder(self.teacher, held, cfg.batch)
+            )
+        lines = [
+            LayerReport(
+                site.name,
+                "channels",
+                site.teacher,
+                site.student,
+                sum(site.errors) / len(site.errors) if site.errors else 0.0,
+                cfg.selection + ("+fold" if cfg.fold else ""),
+                site.kept,
+            )
+            for site in self.sites
+        ]
+        return PruneReport(
+            teacher=self.teacher.spec.name,
+            student=self.spec.name,
+            selection=cfg.selection,
+            fold=cfg.fold,
+            layers=lines + self.op_lines,
+            psnr_db=psnr,
+            teacher_parameters=sum(p.numel() for p in self.teacher.parameters()),
+            student_parameters=sum(p.numel() for p in self.student.parameters()),
+        )
+
+
+def _split(calib: torch.Tensor, holdout: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if calib.ndim != 5:
+        raise ValueError(f"calibration latents must be (N, C, T, H, W), got shape {tuple(calib.shape)}")
+    n = calib.shape[0]
+    if holdout == 0:
+        return calib, None
+    if n <= holdout:
+        log.warning("only %d calibration clips: the PSNR is measured on the clips used for fitting", n)
+        return calib, calib
+    return calib[: n - holdout], calib[n - holdout :]
+
+
+def _module(decoder: FlashDecoder | nn.Module) -> nn.Module:
+    return decoder.module if isinstance(decoder, FlashDecoder) else decoder
+
+
+@torch.no_grad()
+def build_student_from_teacher(
+    teacher_decoder: FlashDecoder | WanFamilyDecoder,
+    target_spec: DecoderSpec,
+    calib_latents: torch.Tensor,
+    config: PruneConfig | None = None,
+) -> tuple[FlashDecoder, PruneReport]:
+    """A new student of `target_spec` whose weights all come from the teacher (select, fold, replace).
+
+    calib_latents: (N, 16, T, H, W) raw Wan latents (random latents work for tests; encoded videos
+    for real students); the last `config.holdout` clips only measure the report's PSNR.
+    The teacher is not modified. Returns the student (role "student") and the report.
+    """
+    config = dataclasses.replace(config or PruneConfig(), target=target_spec)
+    teacher = _module(teacher_decoder)
+    pruner = _WanPruner(teacher, config)
+    report = pruner.run(calib_latents)
+    origin = teacher_decoder.layout if isinstance(teacher_decoder, FlashDecoder) else teacher.spec.name
+    info = {"parameters": report.student_parameters, "pruned_from": origin}
+    student = FlashDecoder(
+        target_spec.family, "student", pruner.student, None, f"flash-vaed:{target_spec.name}", info
+    )
+    return student, report
+
+
+@torch.no_grad()
+def prune_(decoder: FlashDecoder | WanFamilyDecoder, config: PruneConfig, calib: torch.Tensor) -> PruneReport:
+    """Turn a Wan-family teacher into the student `config.target`, in place (as torchao's quantize_).
+
+    Every unit of the decoder (decoder.conv1, each middle and upsamples entry, the head) is swapped
+    for its pruned, operator-replaced counterpart with `replace_conv`; conv2 is kept; `spec` becomes
+    the target. A FlashDecoder also becomes role "student". calib: (N, 16, T, H, W) raw latents.
+    """
+    module = _module(decoder)
+    pruner = _WanPruner(module, config)
+    report = pruner.run(calib)
+    for name, _ in pruner.units:
+        replace_conv(module, name, pruner.student.get_submodule(name))
+    module.spec = config.target
+    if isinstance(decoder, FlashDecoder):
+        decoder.role = "student"
+        decoder.layout = f"flash-vaed:{config.target.name}"
+        decoder.info = {**decoder.info, "parameters": report.student_parameters}
+    return report
