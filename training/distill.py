@@ -1,0 +1,221 @@
+"""Distil a Flash-VAED student from a Wan/LTX teacher.
+
+    python training/distill.py --teacher wan_2.1_vae.safetensors --data videos/ --out runs/wan21 \\
+        --preset official --steps 20000 --batch-size 2 --crop-px 256 --clip-frames 17
+    python -m training.distill --teacher tiny_vae.safetensors --data clips/ --out runs/smoke \\
+        --preset tiny --steps 4 --crop-px 32 --clip-frames 5          # CPU, seconds
+    torchrun --nproc_per_node 8 training/distill.py ...             # DDP, one GPU per process
+
+Writes into --out: student.safetensors (open it with flash_vaed.load_decoder or the Flash-VAED Load node),
+last.safetensors + last.state.safetensors (resume with --resume), config.json, loss.png, report.md and
+report.json. Ctrl+C once stops at the end of the current step after saving a resumable checkpoint.
+See training/README.md for the design.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # run as a file from a fresh clone: make `flash_vaed` importable without installing it. This process
+    # never imports ComfyUI, so the repository root on sys.path cannot shadow ComfyUI's own nodes.py.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flash_vaed.distill import schedule  # noqa: E402
+from flash_vaed.distill.loop import DistillConfig, DistillResult, run  # noqa: E402
+
+log = logging.getLogger("training.distill")
+
+# one line of help per DistillConfig field; a test checks that every field has a flag and a help text
+HELP = {
+    "teacher": "teacher VAE file (.safetensors/.pth, or a diffusers folder): its decoder is distilled",
+    "data": "folder of training videos, searched recursively (.mp4 .webm .mov .mkv via PyAV; animated .webp .gif)",
+    "out": "run folder: checkpoints, final student, loss plot, report",
+    "preset": "student layout: a name from flash_vaed.presets, a JSON spec file, 'tiny', 'official' or 'auto'",
+    "encoder": "VAE file whose encoder makes the latents (default: --teacher; needed when --teacher has no encoder)",
+    "init": "student init: 'prune' (from the teacher's weights), 'random', a student file to fine-tune, or 'auto' (prune if possible, else random)",
+    "steps": "optimizer steps in all (the three phases share them by --phases)",
+    "batch_size": "clips per process per step",
+    "lr": "peak learning rate (AdamW)",
+    "warmup_steps": "linear LR warmup steps",
+    "min_lr_ratio": "the cosine ends at lr * this",
+    "weight_decay": "AdamW weight decay",
+    "grad_clip": "clip the gradient norm to this",
+    "phases": "shares of the steps of phase 1 (deep features), 2 (middle features), 3 (shallow features + pixels)",
+    "blend": "share of a phase over which incoming loss terms rise and outgoing ones fall (half-cosine)",
+    "keep": "floor an outgoing feature term falls to, as a share of its full weight",
+    "w_feat": "full weight of each feature-alignment term",
+    "w_l1": "phase-3 weight of L1 to the teacher's output",
+    "w_l2": "phase-3 weight of L2 (MSE) to the teacher's output",
+    "w_ssim": "phase-3 weight of 1 - SSIM to the teacher's output",
+    "w_gt": "phase-3 weight of L1 to the real frames (0: distil from the teacher alone)",
+    "clip_frames": "frames per training clip: 4k+1 for Wan, 8k+1 for LTX-Video",
+    "crop_px": "square crop edge in pixels: a multiple of 8 (Wan 2.1), 16 (Wan 2.2) or 32 (LTX-Video)",
+    "resize_short": "resize videos so their short side has this many pixels before cropping (default: no resize)",
+    "flip": "mirror half of the clips horizontally",
+    "holdout": "share of the video files held out for the final evaluation (at least one when there are two)",
+    "eval_crops": "evaluation crops per held-out video",
+    "eval_px": "evaluation crop edge in pixels (default: --crop-px)",
+    "evaluate": "evaluate on the held-out videos at the end and write report.md / report.json",
+    "seed": "seed of the crops, the split and the init",
+    "device": "'auto' (cuda:LOCAL_RANK if there is a GPU, else cpu), or a torch device",
+    "amp": "bf16 autocast on CUDA (ignored on CPU)",
+    "checkpoint_every": "write a resumable checkpoint every this many steps",
+    "log_every": "log the losses every this many steps",
+    "resume": "continue from --out/last.state.safetensors (same settings; --steps may grow)",
+    "cache": "cache (latent, target) of pool crops in --out/cache (needs --crop-pool)",
+    "crop_pool": "draw crops from this many fixed ones (0: a fresh random crop every time)",
+    "keep_videos": "decoded .webp/.gif videos kept in memory",
+    "calib_batches": "batches used to initialise the student (pruning) and the feature adapters",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distill",
+        description="Distil a Flash-VAED student decoder from a Wan 2.1/2.2 or LTX-Video teacher.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in dataclasses.fields(DistillConfig):
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is dataclasses.MISSING
+        default = None if required else f.default
+        kwargs: dict = {"help": HELP[f.name], "dest": f.name}
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kwargs)
+            continue
+        if f.name == "phases":
+            kwargs |= {"nargs": 3, "type": float, "metavar": ("P1", "P2", "P3")}
+        elif "int" in str(f.type):
+            kwargs["type"] = int
+        elif "float" in str(f.type):
+            kwargs["type"] = float
+        parser.add_argument(flag, required=required, default=default, **kwargs)
+    parser.add_argument("--no-plot", action="store_true", help="do not write loss.png")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    parser.add_argument("--log-level", default="INFO", help="logging level")
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> tuple[DistillConfig, argparse.Namespace]:
+    args = build_parser().parse_args(argv)
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)}
+    fields["phases"] = tuple(fields["phases"])
+    return DistillConfig(**fields), args
+
+
+class _StopOnSignal:
+    """First Ctrl+C: stop at the end of the current step (the loop saves first). Second: stop now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this step (a checkpoint will be saved); Ctrl+C again to stop now")
+
+
+def tqdm_progress(stop: _StopOnSignal, enabled: bool = True):
+    """on_progress(done, total): a tqdm bar; raises KeyboardInterrupt at a step boundary after Ctrl+C."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if enabled and bar is None:
+            bar = tqdm(total=total, initial=done - 1, unit="step", dynamic_ncols=True)
+        if bar is not None:
+            bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
+        if stop.requested:
+            if bar is not None:
+                bar.close()
+            raise KeyboardInterrupt("stopped by Ctrl+C")
+
+    return on_progress
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines through tqdm.write, so they do not break the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def plot_losses(history: list[dict], path: Path, total_steps: int, fractions) -> Path:
+    """Loss terms and the weighted total over the steps (log scale), phases shaded, LR below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, height_ratios=(3, 1))
+    steps = [h["step"] for h in history]
+    for name in ("loss", *schedule.TERMS):
+        values = [h.get(name) for h in history]
+        if all(v is not None and v > 0 for v in values) and values:
+            ax.plot(steps, values, label=name, lw=2.0 if name == "loss" else 1.0)
+    for phase, first, end in schedule.phase_spans(total_steps, fractions):
+        if end > first:
+            ax.axvspan(first + 0.5, end + 0.5, alpha=0.06 * phase, color="tab:blue")
+            ax.text(
+                first + 1, 1.0, f"phase {phase}", transform=ax.get_xaxis_transform(), va="bottom", fontsize=8
+            )
+    ax.set_yscale("log")
+    ax.set_ylabel("loss (weighted total and terms)")
+    ax.legend(fontsize=7, ncol=4)
+    ax_lr.plot(steps, [h["lr"] for h in history], color="k", lw=1)
+    ax_lr.set_ylabel("lr")
+    ax_lr.set_xlabel("step")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    import os
+
+    cfg, args = parse_config(argv)
+    rank0 = os.environ.get("RANK", "0") == "0"
+    show_bar = rank0 and not args.no_progress
+    handler = _TqdmHandler() if show_bar else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=args.log_level.upper() if rank0 else "WARNING", handlers=[handler], force=True)
+    stop = _StopOnSignal()
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        result: DistillResult = run(cfg, on_progress=tqdm_progress(stop, show_bar))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    out = Path(cfg.out)
+    if rank0:
+        if not args.no_plot:
+            plot_losses(result.history, out / "loss.png", cfg.steps, cfg.phases)
+        log.info("student: %s", result.student_path)
+        if result.report:
+            m = result.report["mean"]
+            log.info(
+                "held-out: student vs teacher %.2f dB PSNR, SSIM %.4f; student/teacher time %.3f (report.md)",
+                m.get("psnr_vs_teacher", float("nan")),
+                m.get("ssim_vs_teacher", float("nan")),
+                result.report["speed"]["ratio_student_over_teacher"] or float("nan"),
+            )
+    return out
+
+
+if __name__ == "__main__":
+    main()
