@@ -20,6 +20,10 @@ from .tiles import Tile, TileBlender, feather_mask, plan_tiles
 
 ProgressFn = Callable[[int, int], None]
 
+# ComfyUI's "VAE Decode (Tiled)" defaults, so a user who switches nodes keeps the tile size they know
+DEFAULT_TILE_PX = 512
+DEFAULT_OVERLAP_PX = 64
+
 
 class RegionDecoder(Protocol):
     causal: bool
