@@ -1,0 +1,147 @@
+"""Named student layouts, and a one-line format for custom ones.
+
+    resolve_spec("wan21-official")                                   # the released student
+    resolve_spec("384:dw3d:3/384:dw3d:3/24:frame2d:3/12:frame2d:3")  # the same, written out
+
+Custom format: stages deep to shallow, separated by "/", each `width:op[:blocks[:up_out]]` with op one
+of full3d | dw3d | frame2d (blocks default 3). An optional first part `mid=width:op` sets the bottleneck;
+without it the bottleneck takes the first stage's width and op. Without an explicit up_out a stage's
+upsample emits min(next stage's width, width // 2) channels, the rule both the Wan 2.1 VAE and the
+official student follow; the upsamples of all but the last two stages also double time (Wan's 4x).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .arch.ltx_student import LTXStudentSpec
+from .spec import DecoderSpec, Family, Op, StageSpec
+
+AnySpec = DecoderSpec | LTXStudentSpec
+
+
+def _wan21(
+    name: str, middle: int, widths: tuple[int, int, int, int], up_outs: tuple[int, int, int]
+) -> DecoderSpec:
+    ops = (Op.DEPTHWISE_3D, Op.DEPTHWISE_3D, Op.FRAME_2D, Op.FRAME_2D)
+    ups = (*up_outs, None)
+    times = (True, True, False, False)
+    stages = tuple(
+        StageSpec(w, op, 3, up_out=u, up_time=t) for w, op, u, t in zip(widths, ops, ups, times, strict=True)
+    )
+    return DecoderSpec(Family.WAN21, middle, Op.DEPTHWISE_3D, stages, name=name)
+
+
+def wan21_wide() -> DecoderSpec:
+    """Official operators, shallow stages at 25% of the teacher's width (48, 24) instead of 12.5%."""
+    return _wan21("wan21-wide", 384, (384, 384, 48, 24), (192, 48, 24))
+
+
+def wan21_narrow() -> DecoderSpec:
+    """Deep stages and bottleneck also halved (192), shallow stages as the official student (24, 12)."""
+    return _wan21("wan21-narrow", 192, (192, 192, 24, 12), (96, 24, 12))
+
+
+def tiny_half() -> DecoderSpec:
+    """`DecoderSpec.tiny()` at half its widths: a student that both prunes and replaces operators of the
+    tiny all-FULL_3D teacher (tests)."""
+    op_d, op_s = Op.DEPTHWISE_3D, Op.FRAME_2D
+    stages = (
+        StageSpec(8, op_d, 1, up_out=4, up_time=True),
+        StageSpec(4, op_d, 1, up_out=4, up_time=True),
+        StageSpec(4, op_s, 1, up_out=4, up_time=False),
+        StageSpec(4, op_s, 1),
+    )
+    return DecoderSpec(Family.WAN21, 8, op_d, stages, name="tiny-half")
+
+
+PRESETS: dict[str, Callable[[], AnySpec]] = {
+    "wan21-official": DecoderSpec.flashvaed_wan21,
+    "wan21-wide": wan21_wide,
+    "wan21-narrow": wan21_narrow,
+    "wan21-teacher": DecoderSpec.wan21_teacher,
+    "tiny": DecoderSpec.tiny,
+    "tiny-half": tiny_half,
+    "ltx-official": LTXStudentSpec.official,
+    "ltx-tiny": LTXStudentSpec.tiny,
+}
+
+
+def parse_spec(text: str, family: Family = Family.WAN21, name: str = "custom") -> DecoderSpec:
+    """A Wan-family DecoderSpec from the custom format (module docstring). Raises ValueError with the
+    offending part on bad input."""
+    parts = [p.strip() for p in text.strip().split("/") if p.strip()]
+    middle: tuple[int, Op] | None = None
+    if parts and parts[0].startswith("mid="):
+        fields = parts.pop(0)[4:].split(":")
+        if len(fields) != 2:
+            raise ValueError(f"bottleneck part must be mid=width:op, got {text!r}")
+        middle = (_int(fields[0], text), _op(fields[1], text))
+    if not parts:
+        raise ValueError(
+            f"no stages in {text!r}: expected e.g. '384:dw3d:3/384:dw3d:3/24:frame2d:3/12:frame2d:3'"
+        )
+    raw = []
+    for part in parts:
+        fields = part.split(":")
+        if not 2 <= len(fields) <= 4:
+            raise ValueError(f"stage {part!r} of {text!r}: expected width:op[:blocks[:up_out]]")
+        width, op = _int(fields[0], text), _op(fields[1], text)
+        blocks = _int(fields[2], text) if len(fields) > 2 else 3
+        up = _int(fields[3], text) if len(fields) > 3 else None
+        raw.append((width, op, blocks, up))
+    stages = []
+    for i, (width, op, blocks, up) in enumerate(raw):
+        last = i == len(raw) - 1
+        if last and up is not None:
+            raise ValueError(f"{text!r}: the last stage has no upsample, so no up_out")
+        if not last and up is None:
+            up = min(raw[i + 1][0], max(1, width // 2))
+        stages.append(StageSpec(width, op, blocks, up_out=up, up_time=i < len(raw) - 2))
+    mid_width, mid_op = middle or (raw[0][0], raw[0][1])
+    return DecoderSpec(
+        family,
+        mid_width,
+        mid_op,
+        tuple(stages),
+        out_patch=2 if family is Family.WAN22 else 1,
+        name=name,
+    )
+
+
+def format_spec(spec: DecoderSpec) -> str:
+    """The custom-format line that `parse_spec` reads back as `spec` (up_out always written out)."""
+    parts = [f"mid={spec.middle_width}:{spec.middle_op.value}"]
+    for s in spec.stages:
+        up = "" if s.up_out is None else f":{s.up_out}"
+        parts.append(f"{s.width}:{s.op.value}:{s.blocks}{up}")
+    return "/".join(parts)
+
+
+def resolve_spec(preset: str, family: Family = Family.WAN21) -> AnySpec:
+    """A preset name from PRESETS, or a custom Wan-family layout line (module docstring)."""
+    key = preset.strip()
+    if key in PRESETS:
+        return PRESETS[key]()
+    if ":" in key:
+        return parse_spec(key, family)
+    raise KeyError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)} or a custom layout line")
+
+
+def _int(field: str, text: str) -> int:
+    try:
+        value = int(field)
+    except ValueError:
+        raise ValueError(f"{field!r} in {text!r} is not a whole number") from None
+    if value <= 0:
+        raise ValueError(f"{field!r} in {text!r} must be positive")
+    return value
+
+
+def _op(field: str, text: str) -> Op:
+    try:
+        return Op(field.strip().lower())
+    except ValueError:
+        raise ValueError(
+            f"{field!r} in {text!r}: op must be one of {', '.join(o.value for o in Op)}"
+        ) from None
