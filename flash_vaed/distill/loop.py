@@ -128,7 +128,10 @@ class DistillConfig:
             raise DistillError("checkpoint_every and log_every must be >= 1")
         if not self.lr > 0:
             raise DistillError(f"lr must be > 0, got {self.lr}")
-        schedule.PhaseSchedule(**self._schedule_fields())  # validates the phase fields
+        try:
+            schedule.PhaseSchedule(**self._schedule_fields())
+        except ValueError as err:
+            raise DistillError(str(err)) from None
 
     def _schedule_fields(self) -> dict:
         names = [f.name for f in dataclasses.fields(schedule.PhaseSchedule)]
@@ -155,10 +158,15 @@ class DistillConfig:
 
 @dataclass
 class DistillResult:
+    """student_path: the final student file; student: the trained decoder (eval mode, on its device);
+    history: one record per step ({"step", "phase", "lr", "loss", <terms>, "time_s"}, rank means);
+    report: the evaluation (report.json), None when not evaluated or on ranks other than 0."""
+
     student_path: Path
     history: list[dict]
     report: dict | None = None
     steps: int = 0
+    student: FlashDecoder | None = None
     info: dict = field(default_factory=dict)
 
 
@@ -204,30 +212,29 @@ class Trainee(nn.Module):
 
 
 def resolve_spec(preset: str, family: Family):
-    """The student layout for `preset`: a file with a spec JSON, a name in flash_vaed.presets.PRESETS,
-    or the built-in names "tiny", "official" and "auto" (= official)."""
+    """The student layout for `preset` and the teacher's family: a JSON spec file; "tiny", "official" or
+    "auto" (= official) for the teacher's family; else flash_vaed.presets (a PRESETS name or a custom
+    layout line such as "384:dw3d:3/384:dw3d:3/24:frame2d:3/12:frame2d:3")."""
     from ..arch.ltx_student import LTXStudentSpec
 
-    spec_type = LTXStudentSpec if family is Family.LTXV else DecoderSpec
+    ltx = family is Family.LTXV
     if preset.endswith(".json") and Path(preset).is_file():
-        return spec_type.from_json(Path(preset).read_text())
+        return (LTXStudentSpec if ltx else DecoderSpec).from_json(Path(preset).read_text())
+    if preset == "tiny":
+        return LTXStudentSpec.tiny() if ltx else DecoderSpec.tiny(family)
+    if preset in ("official", "auto") and family is not Family.WAN22:
+        return LTXStudentSpec.official() if ltx else DecoderSpec.flashvaed_wan21()
     try:
-        from ..presets import PRESETS
-    except ImportError:
-        PRESETS = {}
-    if preset in PRESETS:
-        spec = PRESETS[preset]
-    elif preset == "tiny":
-        spec = LTXStudentSpec.tiny() if family is Family.LTXV else DecoderSpec.tiny(family)
-    elif preset in ("official", "auto") and family is Family.LTXV:
-        spec = LTXStudentSpec.official()
-    elif preset in ("official", "auto") and family is Family.WAN21:
-        spec = DecoderSpec.flashvaed_wan21()
-    else:
-        names = sorted({*PRESETS, "tiny", "official", "auto"})
-        raise DistillError(f"unknown preset {preset!r} for {family.value}; known: {', '.join(names)}")
-    if getattr(spec, "family", family) is not family:
-        raise DistillError(f"preset {preset!r} is for {spec.family.value}, the teacher is {family.value}")
+        from ..presets import resolve_spec as preset_spec
+    except ImportError as err:
+        raise DistillError(f"unknown preset {preset!r} (flash_vaed.presets unavailable: {err})") from err
+    try:
+        spec = preset_spec(preset, family)
+    except (KeyError, ValueError) as err:
+        raise DistillError(f"preset {preset!r}: {err.args[0] if err.args else err}") from None
+    if isinstance(spec, LTXStudentSpec) != ltx or getattr(spec, "family", family) is not family:
+        kind = "an LTX-Video" if isinstance(spec, LTXStudentSpec) else f"a {spec.family.value}"
+        raise DistillError(f"preset {preset!r} is {kind} student; the teacher is {family.value}")
     return spec
 
 
@@ -384,11 +391,16 @@ def _all_mean(values: torch.Tensor, world: int) -> torch.Tensor:
 # ---- the run ------------------------------------------------------------------------------------
 
 
-def run(cfg: DistillConfig, on_progress: ProgressFn | None = None) -> DistillResult:
+def run(
+    cfg: DistillConfig,
+    on_progress: ProgressFn | None = None,
+    on_record: Callable[[dict], None] | None = None,
+) -> DistillResult:
     """Distil a student from cfg.teacher on the videos in cfg.data; see the module docstring.
 
     on_progress(done, total) is called after every step (rank 0); an exception raised from it stops the
-    run after a resumable checkpoint is written, and is re-raised. A NaN/Inf loss stops the run with a
+    run after a resumable checkpoint is written, and is re-raised. on_record(record) gets each step's
+    history record first (rank 0), e.g. for a live loss plot (see flash_vaed.distill_messages). A NaN/Inf loss stops the run with a
     DistillError and leaves the last checkpoint as it was. Under torchrun, every rank calls run().
     """
     out = Path(cfg.out)
@@ -615,9 +627,12 @@ def run(cfg: DistillConfig, on_progress: ProgressFn | None = None) -> DistillRes
 
                 # progress and interruption: an exception from on_progress saves, then propagates
                 stop: BaseException | None = None
-                if main and on_progress is not None:
+                if main and (on_progress is not None or on_record is not None):
                     try:
-                        on_progress(step + 1, cfg.steps)
+                        if on_record is not None:
+                            on_record(record)
+                        if on_progress is not None:
+                            on_progress(step + 1, cfg.steps)
                     except BaseException as err:  # noqa: B036 - saved and re-raised below
                         stop = err
                 if world > 1:
@@ -651,7 +666,7 @@ def run(cfg: DistillConfig, on_progress: ProgressFn | None = None) -> DistillRes
                 _write_text(out / "report.md", report_markdown(report))
         if world > 1:
             dist.barrier()
-        return DistillResult(student_path, history, report, cfg.steps, {"init": how, "world": world})
+        return DistillResult(student_path, history, report, cfg.steps, student, {"init": how, "world": world})
     finally:
         if started_dist and dist.is_initialized():
             dist.destroy_process_group()
