@@ -154,20 +154,38 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
-def plot_losses(history: list[dict], path: Path, total_steps: int, fractions) -> Path:
-    """Loss terms and the weighted total over the steps (log scale), phases shaded, LR below."""
+def _ema(values: list[float], span: int) -> list[float]:
+    alpha, out, acc = 2.0 / (span + 1), [], None
+    for v in values:
+        acc = v if acc is None else alpha * v + (1 - alpha) * acc
+        out.append(acc)
+    return out
+
+
+def plot_losses(history: list[dict], path: Path, cfg: DistillConfig) -> Path:
+    """The weighted total and every term that has a weight at some step (log scale; raw values faint,
+    an exponential moving average on top), the phases shaded, the LR below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    sched = cfg.phase_schedule
+    weighted = {
+        t for s in range(cfg.steps) for t, w in schedule.loss_weights(s, cfg.steps, sched).items() if w
+    }
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, height_ratios=(3, 1))
     steps = [h["step"] for h in history]
-    for name in ("loss", *schedule.TERMS):
+    span = max(1, len(history) // 30)
+    for i, name in enumerate(n for n in ("loss", *schedule.TERMS) if n == "loss" or n in weighted):
         values = [h.get(name) for h in history]
-        if all(v is not None and v > 0 for v in values) and values:
-            ax.plot(steps, values, label=name, lw=2.0 if name == "loss" else 1.0)
-    for phase, first, end in schedule.phase_spans(total_steps, fractions):
+        if not values or any(v is None or not v > 0 for v in values):
+            continue
+        color = f"C{i}"
+        if span > 1:
+            ax.plot(steps, values, color=color, lw=0.5, alpha=0.25)
+        ax.plot(steps, _ema(values, span), color=color, label=name, lw=2.0 if name == "loss" else 1.0)
+    for phase, first, end in schedule.phase_spans(cfg.steps, cfg.phases):
         if end > first:
             ax.axvspan(first + 0.5, end + 0.5, alpha=0.06 * phase, color="tab:blue")
             ax.text(
@@ -204,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     out = Path(cfg.out)
     if rank0:
         if not args.no_plot:
-            plot_losses(result.history, out / "loss.png", cfg.steps, cfg.phases)
+            plot_losses(result.history, out / "loss.png", cfg)
         log.info("student: %s", result.student_path)
         if result.report:
             m = result.report["mean"]

@@ -759,16 +759,22 @@ def evaluate(
 
 
 def summarize_history(history: list[dict], cfg: DistillConfig) -> dict:
-    """Per phase: its steps and the weighted loss at its first and last step; mean step time."""
+    """Per phase: its steps and, for each term weighted in it (and the weighted total), the mean over the
+    phase's first and last tenth of steps (the weights move inside a phase, so compare terms, not totals
+    across phases). Also the mean step time."""
     phases = {}
-    for phase in (1, 2, 3):
+    for phase, _, end in schedule.phase_spans(cfg.steps, cfg.phases):
         rows = [h for h in history if h["phase"] == phase]
-        if rows:
-            phases[str(phase)] = {
-                "steps": [rows[0]["step"], rows[-1]["step"]],
-                "loss_first": rows[0]["loss"],
-                "loss_last": rows[-1]["loss"],
-            }
+        if not rows:
+            continue
+        k = max(1, len(rows) // 10)
+        weights = schedule.loss_weights(end - 1, cfg.steps, cfg.phase_schedule)
+        names = ["loss", *(t for t in schedule.TERMS if weights[t] > 0 and t in rows[0])]
+        phases[str(phase)] = {
+            "steps": [rows[0]["step"], rows[-1]["step"]],
+            "first": {n: statistics.fmean(r[n] for r in rows[:k]) for n in names},
+            "last": {n: statistics.fmean(r[n] for r in rows[-k:]) for n in names},
+        }
     times = [h["time_s"] for h in history if "time_s" in h]
     return {
         "steps": cfg.steps,
@@ -802,14 +808,21 @@ def report_markdown(report: dict) -> str:
         f"Decode time (whole clips, median of 3 after a warm-up, summed): student {sp['student_s']:.4f} s, "
         f"teacher {sp['teacher_s']:.4f} s; student/teacher = "
         + (f"{sp['ratio_student_over_teacher']:.3f}" if sp["ratio_student_over_teacher"] else "-")
-        + (f" ({sp['speedup']:.2f}x faster)." if sp["speedup"] else "."),
+        + (f" (speedup {sp['speedup']:.2f}x)." if sp["speedup"] else "."),
     ]
     train = report.get("training")
     if train:
-        lines += ["", "| phase | steps | loss first | loss last |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "Training (means over the first and last tenth of each phase; 'loss' is the weighted total):",
+            "",
+            "| phase | steps | term | first | last |",
+            "|---|---|---|---|---|",
+        ]
         for p, row in train["phases"].items():
-            lines.append(
-                f"| {p} ({schedule.PHASE_NAMES[int(p)]}) | {row['steps'][0]}-{row['steps'][1]} | "
-                f"{row['loss_first']:.4f} | {row['loss_last']:.4f} |"
-            )
+            for name, first in row["first"].items():
+                lines.append(
+                    f"| {p} ({schedule.PHASE_NAMES[int(p)]}) | {row['steps'][0]}-{row['steps'][1]} | {name} | "
+                    f"{first:.4f} | {row['last'][name]:.4f} |"
+                )
     return "\n".join(lines) + "\n"
