@@ -211,6 +211,44 @@ def test_stage_recorder_sees_every_resolution_of_teacher_and_student():
     assert not teacher._forward_hooks and not any(m._forward_hooks for m in student.modules())
 
 
+def _features(module, z):
+    from flash_vaed.distill.loop import run_decoder
+
+    with losses.StageRecorder(module) as rec, torch.no_grad():
+        rec.start(z.shape[0])
+        video = run_decoder(module, z)
+    return video, rec.features
+
+
+@pytest.mark.parametrize("teacher_kind", ["wan22", "ltx-noisy"])
+def test_stage_features_pair_for_wan22_and_ltx(teacher_kind):
+    from flash_vaed.arch.ltx import LTXTeacherDecoder
+    from flash_vaed.arch.ltx_student import LTXStudentDecoder, LTXStudentSpec
+    from flash_vaed.arch.wan22 import Wan22Decoder
+
+    torch.manual_seed(0)
+    if teacher_kind == "wan22":
+        teacher, student = (
+            Wan22Decoder(dec_dim=8, z_dim=48, blocks=1),
+            WanFamilyDecoder(DecoderSpec.tiny(Family.WAN22)),
+        )
+        z = torch.randn(1, 48, 2, 2, 2)
+    else:  # a reduced LTX 0.9.1 layout: timestep-conditioned, injects noise (the target uses zero noise)
+        res = {"num_layers": 1, "inject_noise": True}
+        up = ["compress_all", {"residual": True, "multiplier": 2}]
+        config = {"blocks": [["res_x", res], up, ["res_x", res], up, ["res_x", res], up, ["res_x", res]]}
+        config |= {"dims": 3, "norm_layer": "pixel_norm", "timestep_conditioning": True}
+        config |= {"latent_channels": 128, "patch_size": 4, "spatial_padding_mode": "zeros"}
+        teacher = LTXTeacherDecoder.from_comfy_config(config, base_channels=4)
+        student = LTXStudentDecoder(LTXStudentSpec.tiny())
+        z = torch.randn(1, 128, 2, 2, 2)
+    t_video, t_feats = _features(teacher.eval(), z)
+    s_video, s_feats = _features(student, z)
+    assert t_video.shape == s_video.shape
+    assert len(losses.pair_resolutions(s_feats, t_feats)) == 4
+    torch.testing.assert_close(_features(teacher, z)[0], t_video, rtol=0, atol=0)  # deterministic target
+
+
 # ---- data ---------------------------------------------------------------------------------------
 
 
