@@ -1,0 +1,387 @@
+"""How workflows/*.json were made: each graph below is built in the real frontend and saved by its Export.
+
+    python tests/support/workflow_sources.py --server http://127.0.0.1:8188 [--only wan21_t2v] [--out workflows]
+
+needs a running ComfyUI with this pack (tests/harness/serve.sh) and the browser (install_browser.sh). Each
+graph is written here in API format plus a layout; the frontend loads it (app.loadApiJson), the layout
+places the nodes and groups, and the frontend's own Workflow > Export writes the file, so what is shipped
+is exactly what the UI saves. Edit a workflow here and rebuild it, or edit it in ComfyUI and export it
+over the file: both give the same format. The model file names are those of ComfyUI's own examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `harness` and `support` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from support.frontend import open_frontend  # noqa: E402
+
+log = logging.getLogger("workflow_sources")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+WAN_POSITIVE = (
+    "a fox moving quickly in a beautiful winter scenery nature trees mountains daytime tracking camera"
+)
+# The negative prompt of the Wan 2.1 release, which its models were tuned with.
+WAN_NEGATIVE = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+LTX_POSITIVE = (
+    "A red fox trots through fresh snow in a pine forest at sunrise, its breath visible in the cold air. The "
+    "camera tracks alongside it at ground level. Soft golden light, long shadows, shallow depth of field."
+)
+LTX_NEGATIVE = "low quality, worst quality, deformed, distorted, disfigured, motion smear, motion artifacts"
+
+FLASH_COLOR = "#8A8"  # LiteGraph's "green" group colour; stock-node groups keep the default blue
+FLASH_DECODE = {"mode": "auto", "chunk_frames": 4, "tile_px": 512, "overlap_px": 64}
+
+WAN_FILES = """\
+**Model files** (ComfyUI's Wan 2.1 repackage: huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged)
+
+* `models/diffusion_models/{unet}`
+* `models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors`{extra}
+* `models/flash_vaed/Flash_VAED_Wan.pth`: downloaded from huggingface.co/Aoko955/Flash-VAED on the first
+  run (or put it there yourself)
+"""
+
+
+def _note(text: str) -> dict:
+    return {"class_type": "MarkdownNote", "inputs": {"text": text}, "_meta": {"title": "Read me"}}
+
+
+def _wan_sampling(unet: str) -> dict:
+    """Nodes 1-7 shared by the Wan graphs: model, text encoder, prompts, shift, latent, sampler."""
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
+        "2": {
+            "class_type": "CLIPLoader",
+            "inputs": {
+                "clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                "type": "wan",
+                "device": "default",
+            },
+        },
+        "3": {
+            "class_type": "CLIPTextEncode",
+            "inputs": {"text": WAN_POSITIVE, "clip": ["2", 0]},
+            "_meta": {"title": "Positive prompt"},
+        },
+        "4": {
+            "class_type": "CLIPTextEncode",
+            "inputs": {"text": WAN_NEGATIVE, "clip": ["2", 0]},
+            "_meta": {"title": "Negative prompt"},
+        },
+        "5": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["1", 0], "shift": 8.0}},
+    }
+
+
+def _ksampler(latent: list, positive: list, negative: list, steps: int) -> dict:
+    return {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": ["5", 0], "seed": 82628696717253, "control_after_generate": "randomize", "steps": steps,
+            "cfg": 6.0, "sampler_name": "uni_pc", "scheduler": "simple", "denoise": 1.0,
+            "positive": positive, "negative": negative, "latent_image": latent,
+        },
+    }  # fmt: skip
+
+
+def _save_video(images: list, fps: float, prefix: str) -> dict:
+    return {
+        "create": {"class_type": "CreateVideo", "inputs": {"images": images, "fps": fps}},
+        "save": {
+            "class_type": "SaveVideo",
+            "inputs": {"filename_prefix": prefix, "format": "auto", "codec": "auto"},
+        },
+    }
+
+
+def wan21_t2v() -> tuple[dict, dict]:
+    video = _save_video(["9", 0], 16.0, "video/flash_vaed_wan21_t2v")
+    graph = _wan_sampling("wan2.1_t2v_1.3B_fp16.safetensors") | {
+        "6": {
+            "class_type": "EmptyHunyuanLatentVideo",
+            "inputs": {"width": 832, "height": 480, "length": 33, "batch_size": 1},
+        },
+        "7": _ksampler(["6", 0], ["3", 0], ["4", 0], steps=30),
+        "8": {
+            "class_type": "FlashVAEDLoad",
+            "inputs": {"decoder_name": "Flash_VAED_Wan.pth", "dtype": "auto"},
+        },
+        "9": {
+            "class_type": "FlashVAEDDecode",
+            "inputs": {"flash_vaed": ["8", 0], "samples": ["7", 0]} | FLASH_DECODE,
+        },
+        "10": video["create"],
+        "11": video["save"] | {"inputs": video["save"]["inputs"] | {"video": ["10", 0]}},
+        "12": _note(
+            "# Wan 2.1 text to video, decoded by Flash-VAED\n\nThe stock Wan 2.1 pipeline; only the decode "
+            "is Flash-VAED's. **Flash-VAED Decode** shows frames, time, fps and peak memory after each run. "
+            "On little VRAM pick mode `causal` (less time memory) or `tiled` (less image memory).\n\n"
+            + WAN_FILES.format(unet="wan2.1_t2v_1.3B_fp16.safetensors", extra="")
+        ),
+    }
+    layout = {
+        "columns": [["12"], ["1", "2"], ["3", "4"], ["5", "6", "7"], ["8", "9"], ["10", "11"]],
+        "sizes": {"1": [320, 0], "2": [320, 0], "3": [420, 160], "4": [420, 160], "12": [380, 360],
+                  "8": [320, 0], "9": [320, 0], "11": [280, 0]},
+        "groups": [
+            {"title": "Wan 2.1 sampling (stock nodes)", "nodes": ["1", "2", "3", "4", "5", "6", "7"]},
+            {"title": "Flash-VAED decode", "nodes": ["8", "9"], "color": FLASH_COLOR},
+        ],
+    }  # fmt: skip
+    return graph, layout
+
+
+def wan21_i2v() -> tuple[dict, dict]:
+    video = _save_video(["14", 0], 16.0, "video/flash_vaed_wan21_i2v")
+    graph = _wan_sampling("wan2.1_i2v_480p_14B_fp16.safetensors") | {
+        "6": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "clip_vision_h.safetensors"}},
+        "7": {
+            "class_type": "LoadImage",
+            "inputs": {"image": "example.png"},
+            "_meta": {"title": "Start image"},
+        },
+        "8": {
+            "class_type": "CLIPVisionEncode",
+            "inputs": {"clip_vision": ["6", 0], "image": ["7", 0], "crop": "none"},
+        },
+        "9": {
+            "class_type": "VAELoader",
+            "inputs": {"vae_name": "wan_2.1_vae.safetensors"},
+            "_meta": {"title": "Load VAE (teacher, encodes)"},
+        },
+        "10": {
+            "class_type": "FlashVAEDLoad",
+            "inputs": {"decoder_name": "Flash_VAED_Wan.pth", "dtype": "auto", "teacher_vae": ["9", 0]},
+        },
+        "11": {
+            "class_type": "WanImageToVideo",
+            "inputs": {
+                "positive": ["3", 0],
+                "negative": ["4", 0],
+                "vae": ["10", 1],
+                "clip_vision_output": ["8", 0],
+                "start_image": ["7", 0],
+                "width": 832,
+                "height": 480,
+                "length": 33,
+                "batch_size": 1,
+            },
+        },  # fmt: skip
+        "12": _ksampler(["11", 2], ["11", 0], ["11", 1], steps=20),
+        "14": {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["10", 1]}},
+        "15": video["create"],
+        "16": video["save"] | {"inputs": video["save"]["inputs"] | {"video": ["15", 0]}},
+        "17": _note(
+            "# Wan 2.1 image to video with the Flash-VAED drop-in VAE\n\nThe **VAE** output of Load Flash-VAED "
+            "goes wherever the Wan VAE would: Wan Image To Video encodes the start image with it (through "
+            "`teacher_vae`, the original Wan VAE) and VAE Decode decodes with Flash-VAED.\n\n"
+            + WAN_FILES.format(
+                unet="wan2.1_i2v_480p_14B_fp16.safetensors",
+                extra="\n* `models/clip_vision/clip_vision_h.safetensors`\n* `models/vae/wan_2.1_vae.safetensors`",
+            )
+        ),
+    }
+    layout = {
+        "columns": [["17"], ["1", "2", "6"], ["3", "4"], ["7", "8"], ["9", "10", "11"], ["5", "12"],
+                    ["14", "15", "16"]],
+        "sizes": {"1": [320, 0], "2": [320, 0], "6": [320, 0], "3": [420, 160], "4": [420, 160],
+                  "17": [380, 420], "7": [320, 360], "9": [320, 0], "10": [320, 0], "16": [280, 0]},
+        "groups": [
+            {"title": "Flash-VAED as the VAE", "nodes": ["9", "10"], "color": FLASH_COLOR},
+        ],
+    }  # fmt: skip
+    return graph, layout
+
+
+def ltxv_t2v() -> tuple[dict, dict]:
+    video = _save_video(["12", 0], 25.0, "video/flash_vaed_ltxv_t2v")
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "ltx-video-2b-v0.9.safetensors"}},
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "t5xxl_fp16.safetensors", "type": "ltxv", "device": "default"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": LTX_POSITIVE, "clip": ["2", 0]}, "_meta": {"title": "Positive prompt"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": LTX_NEGATIVE, "clip": ["2", 0]}, "_meta": {"title": "Negative prompt"}},
+        "5": {"class_type": "LTXVConditioning", "inputs": {"positive": ["3", 0], "negative": ["4", 0], "frame_rate": 25.0}},
+        "6": {"class_type": "EmptyLTXVLatentVideo", "inputs": {"width": 768, "height": 512, "length": 97, "batch_size": 1}},
+        "7": {
+            "class_type": "LTXVScheduler",
+            "inputs": {"steps": 30, "max_shift": 2.05, "base_shift": 0.95, "stretch": True, "terminal": 0.1, "latent": ["6", 0]},
+        },
+        "8": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "9": {
+            "class_type": "SamplerCustom",
+            "inputs": {
+                "model": ["1", 0], "add_noise": True, "noise_seed": 497797676867141, "control_after_generate": "randomize",
+                "cfg": 3.0, "positive": ["5", 0], "negative": ["5", 1], "sampler": ["8", 0], "sigmas": ["7", 0],
+                "latent_image": ["6", 0],
+            },
+        },
+        "10": {"class_type": "FlashVAEDLoad", "inputs": {"decoder_name": "Flash_VAED_LTX.pth", "dtype": "auto"}},
+        "12": {"class_type": "FlashVAEDDecode", "inputs": {"flash_vaed": ["10", 0], "samples": ["9", 0]} | FLASH_DECODE},
+        "13": video["create"],
+        "14": video["save"] | {"inputs": video["save"]["inputs"] | {"video": ["13", 0]}},
+        "15": _note(
+            "# LTX-Video text to video, decoded by Flash-VAED\n\nThe stock LTX-Video pipeline; only the decode "
+            "is Flash-VAED's. Flash-VAED's LTX student was distilled from the LTX-Video 0.9.0 VAE, so pair it "
+            "with the 0.9.0 model.\n\n**Model files**\n\n"
+            "* `models/checkpoints/ltx-video-2b-v0.9.safetensors` (huggingface.co/Lightricks/LTX-Video)\n"
+            "* `models/text_encoders/t5xxl_fp16.safetensors` (huggingface.co/comfyanonymous/flux_text_encoders)\n"
+            "* `models/flash_vaed/Flash_VAED_LTX.pth`: downloaded from huggingface.co/Aoko955/Flash-VAED on the "
+            "first run (or put it there yourself)\n"
+        ),
+    }  # fmt: skip
+    layout = {
+        "columns": [["15"], ["1", "2"], ["3", "4"], ["5", "6", "7", "8"], ["9"], ["10", "12"], ["13", "14"]],
+        "sizes": {"1": [320, 0], "2": [320, 0], "3": [420, 180], "4": [420, 120], "15": [380, 360],
+                  "10": [320, 0], "12": [320, 0], "14": [280, 0]},
+        "groups": [
+            {"title": "LTX-Video sampling (stock nodes)", "nodes": ["1", "2", "3", "4", "5", "6", "7", "8", "9"]},
+            {"title": "Flash-VAED decode", "nodes": ["10", "12"], "color": FLASH_COLOR},
+        ],
+    }  # fmt: skip
+    return graph, layout
+
+
+def wan21_compare_decoders() -> tuple[dict, dict]:
+    video = _save_video(["14", 0], 16.0, "video/flash_vaed_compare")
+    graph = _wan_sampling("wan2.1_t2v_1.3B_fp16.safetensors") | {
+        "6": {
+            "class_type": "EmptyHunyuanLatentVideo",
+            "inputs": {"width": 832, "height": 480, "length": 33, "batch_size": 1},
+        },
+        "7": _ksampler(["6", 0], ["3", 0], ["4", 0], steps=30),
+        "8": {"class_type": "VAELoader", "inputs": {"vae_name": "wan_2.1_vae.safetensors"}, "_meta": {"title": "Load VAE (teacher)"}},
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["8", 0]}, "_meta": {"title": "VAE Decode (teacher)"}},
+        "10": {"class_type": "FlashVAEDLoad", "inputs": {"decoder_name": "Flash_VAED_Wan.pth", "dtype": "auto"}},
+        "11": {"class_type": "FlashVAEDDecode", "inputs": {"flash_vaed": ["10", 0], "samples": ["7", 0]} | FLASH_DECODE},
+        "12": {"class_type": "PreviewImage", "inputs": {"images": ["9", 0]}, "_meta": {"title": "Teacher frames"}},
+        "13": {"class_type": "PreviewImage", "inputs": {"images": ["11", 0]}, "_meta": {"title": "Flash-VAED frames"}},
+        "14": {
+            "class_type": "ImageStitch",
+            "inputs": {"image1": ["9", 0], "image2": ["11", 0], "direction": "right", "match_image_size": True,
+                       "spacing_width": 8, "spacing_color": "white"},
+            "_meta": {"title": "Side by side (teacher | Flash-VAED)"},
+        },
+        "15": video["create"],
+        "16": video["save"] | {"inputs": video["save"]["inputs"] | {"video": ["15", 0]}},
+        "17": {
+            "class_type": "ImageBlend",
+            "inputs": {"image1": ["9", 0], "image2": ["11", 0], "blend_factor": 1.0, "blend_mode": "difference"},
+            "_meta": {"title": "|teacher - Flash-VAED|"},
+        },
+        "18": {"class_type": "PreviewImage", "inputs": {"images": ["17", 0]}, "_meta": {"title": "Difference frames"}},
+        "19": _note(
+            "# Compare the decoders on one latent\n\nOne Wan 2.1 latent, decoded by the original VAE (stock VAE "
+            "Decode) and by Flash-VAED. The previews show both frame batches and their absolute difference "
+            "(black = identical); the video puts them side by side. The run times are in the queue panel; "
+            "Flash-VAED Decode also shows its own on the node.\n\n"
+            + WAN_FILES.format(unet="wan2.1_t2v_1.3B_fp16.safetensors", extra="\n* `models/vae/wan_2.1_vae.safetensors`")
+        ),
+    }  # fmt: skip
+    layout = {
+        "columns": [["19"], ["1", "2"], ["3", "4"], ["5", "6", "7"], ["8", "9", "10", "11"], ["12", "13"],
+                    ["17", "18"], ["14", "15", "16"]],
+        "sizes": {"1": [320, 0], "2": [320, 0], "3": [420, 160], "4": [420, 160], "19": [380, 420],
+                  "8": [320, 0], "10": [320, 0], "11": [320, 0], "14": [320, 0], "16": [280, 0],
+                  "12": [360, 330], "13": [360, 330], "18": [360, 330]},
+        "groups": [
+            {"title": "Teacher: stock VAE Decode", "nodes": ["8", "9"]},
+            {"title": "Student: Flash-VAED", "nodes": ["10", "11"], "color": FLASH_COLOR},
+        ],
+    }  # fmt: skip
+    return graph, layout
+
+
+WORKFLOWS = {
+    "wan21_t2v": wan21_t2v,
+    "wan21_i2v": wan21_i2v,
+    "ltxv_t2v": ltxv_t2v,
+    "wan21_compare_decoders": wan21_compare_decoders,
+}
+
+# Places the nodes column by column (sizes: [w, h], 0 keeps the computed size) and draws groups around them.
+LAYOUT_JS = """
+([layout, LiteGraph]) => {
+  const graph = window.app.graph;
+  const GAP_X = 60, GAP_Y = 50, TOP = 80, GROUP_GAP = 80;
+  const groupOf = (id) => layout.groups.findIndex((g) => g.nodes.includes(id));
+  let x = 40;
+  for (const column of layout.columns) {
+    let y = TOP, width = 0;
+    column.forEach((id, i) => {
+      // room for a group's title bar and frame where a column enters or leaves a group
+      if (i > 0 && groupOf(id) !== groupOf(column[i - 1])) y += GROUP_GAP;
+      const node = graph.getNodeById(id);
+      const want = layout.sizes[id] || [0, 0];
+      const min = node.computeSize();
+      node.setSize([Math.max(want[0], min[0]), Math.max(want[1], min[1])]);
+      node.pos = [x, y];
+      y += node.size[1] + GAP_Y;
+      width = Math.max(width, node.size[0]);
+    });
+    x += width + GAP_X;
+  }
+  for (const g of layout.groups) {
+    const nodes = g.nodes.map((id) => graph.getNodeById(id));
+    const group = new window.LiteGraph.LGraphGroup(g.title);
+    if (g.color) group.color = g.color;
+    graph.add(group);
+    const pad = 20, title = 50;
+    const x0 = Math.min(...nodes.map((n) => n.pos[0])) - pad;
+    const y0 = Math.min(...nodes.map((n) => n.pos[1])) - title;
+    const x1 = Math.max(x0 + 14 * g.title.length + 2 * pad, ...nodes.map((n) => n.pos[0] + n.size[0] + pad));
+    const y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1])) + pad;
+    group.pos = [x0, y0];
+    group.size = [x1 - x0, y1 - y0];
+  }
+  graph.setDirtyCanvas(true, true);
+  return graph.nodes.length;
+}
+"""
+
+
+def build(url: str, out_dir: Path, names: list[str]) -> list[Path]:
+    written = []
+    with open_frontend(url) as ui:
+        for name in names:
+            graph, layout = WORKFLOWS[name]()
+            ui.load(graph)
+            ui.js(LAYOUT_JS, [layout, None])
+            ui.fit_view()
+            # saved, opened and saved again: a file the frontend re-exports unchanged (the first export
+            # still lacks the empty widgets_values the frontend adds when it loads a file)
+            ui.load(ui.export_workflow())
+            saved = ui.export_workflow()
+            path = out_dir / f"{name}.json"
+            path.write_text(json.dumps(saved, indent=2, ensure_ascii=False) + "\n")
+            log.info("wrote %s (%d nodes, %d links)", path, len(saved["nodes"]), len(saved["links"]))
+            written.append(path)
+        if ui.console_errors:
+            log.warning("browser console errors: %s", ui.console_errors[:3])
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--server", default="http://127.0.0.1:8188")
+    ap.add_argument("--out", type=Path, default=REPO_ROOT / "workflows")
+    ap.add_argument(
+        "--only", action="append", choices=sorted(WORKFLOWS), help="build just these (repeatable)"
+    )
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    build(a.server, a.out, a.only or list(WORKFLOWS))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

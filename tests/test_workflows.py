@@ -1,0 +1,244 @@
+"""Every file in workflows/: served as a template, valid on the real ComfyUI but for the absent model files,
+loadable in the real frontend exactly as saved, and its decode part runs (tiny seeded weights) through the
+HTTP API and through the browser.
+
+The decode part of a workflow is the workflow with its sampler replaced by its own empty latent at 64 px
+(or, for image-to-video, by the start image encoded with the workflow's VAE): the diffusion models and text
+encoders are never loaded. One server (and one Chromium) serves the whole module.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import urllib.error
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.server import (
+    comfy_server,
+    free_models,
+    get_json,
+    output_files,
+    post_json,
+    run_prompt,
+    to_api_prompt,
+)
+from support.frontend import browser_missing, open_frontend
+from support.tiny_models import write_models
+
+pytestmark = pytest.mark.comfy
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW_DIR = REPO_ROOT / "workflows"
+WORKFLOWS = sorted(p.stem for p in WORKFLOW_DIR.glob("*.json"))
+EXPECTED = {"wan21_t2v", "wan21_i2v", "ltxv_t2v", "wan21_compare_decoders"}
+SAMPLERS = {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"}
+EMPTY_LATENTS = {"EmptyHunyuanLatentVideo", "EmptyLTXVLatentVideo", "EmptyHunyuanImageLatent"}
+SMALL = {"width": 64, "height": 64, "length": 9}  # Wan: 3 latent frames of 8x8; LTX: 2 of 2x2
+# Inputs naming files the test server does not have (diffusion models, text encoders, CLIP vision).
+MODEL_FILE_INPUTS = {"unet_name", "clip_name", "ckpt_name"}
+
+
+def load(name: str) -> dict:
+    return json.loads((WORKFLOW_DIR / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def server(comfy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """ComfyUI with this pack, the tiny model files the workflows name, and ComfyUI's example.png input."""
+    run_dir = tmp_path_factory.mktemp("comfy-workflows")
+    models = write_models(run_dir.parent / f"{run_dir.name}-models")
+    (run_dir / "input").mkdir()
+    shutil.copy(comfy_root / "input" / "example.png", run_dir / "input" / "example.png")
+    with comfy_server(comfy_root, nodes=[REPO_ROOT], models_dir=models, run_dir=run_dir) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def object_info(server: str) -> dict:
+    return get_json(server, "/object_info")
+
+
+@pytest.fixture(scope="module")
+def ui(server: str):
+    reason = browser_missing()
+    if reason:
+        if os.environ.get("FLASH_VAED_REQUIRE_COMFY", "") not in ("", "0"):
+            pytest.fail(f"{reason} (FLASH_VAED_REQUIRE_COMFY is set, so this is a failure)", pytrace=False)
+        pytest.skip(reason)
+    with open_frontend(server) as frontend:
+        yield frontend
+
+
+# ---- the decode part of a workflow ---------------------------------------------------------------------
+
+
+def decode_part(prompt: dict, object_info: dict) -> dict:
+    """API prompt -> the same graph with each sampler's output replaced by a small latent, pruned to what the
+    output nodes need."""
+    p = copy.deepcopy(prompt)
+    next_id = max(int(k) for k in p) + 1
+    for sid in [k for k, n in p.items() if n["class_type"] in SAMPLERS]:
+        src_id, src_slot = p[sid]["inputs"]["latent_image"]
+        src = p[src_id]
+        if src["class_type"] in EMPTY_LATENTS:
+            src["inputs"].update(SMALL)
+            latent = [src_id, src_slot]
+        else:  # image to video: the start image, shrunk, through the workflow's own VAE (the drop-in)
+            scale, encode = str(next_id), str(next_id + 1)
+            next_id += 2
+            p[scale] = {"class_type": "ImageScale", "inputs": {
+                "image": src["inputs"]["start_image"], "upscale_method": "area", "width": 64, "height": 64,
+                "crop": "disabled"}}  # fmt: skip
+            p[encode] = {
+                "class_type": "VAEEncode",
+                "inputs": {"pixels": [scale, 0], "vae": src["inputs"]["vae"]},
+            }
+            latent = [encode, 0]
+        del p[sid]
+        for node in p.values():
+            for key, value in node["inputs"].items():
+                if value == [sid, 0]:
+                    node["inputs"][key] = latent
+    needed: set[str] = set()
+    todo = [k for k, n in p.items() if object_info[n["class_type"]].get("output_node")]
+    while todo:
+        nid = todo.pop()
+        if nid not in needed:
+            needed.add(nid)
+            todo += [v[0] for v in p[nid]["inputs"].values() if isinstance(v, list) and len(v) == 2]
+    return {k: v for k, v in p.items() if k in needed}
+
+
+def check_decode_outputs(name: str, prompt: dict, entry: dict) -> None:
+    """Every output node wrote its files; every Flash-VAED Decode reported its statistics."""
+    outputs = entry["outputs"]
+    for nid, node in prompt.items():
+        kind = node["class_type"]
+        if kind in ("SaveVideo", "PreviewImage"):
+            assert outputs.get(nid, {}).get("images"), (
+                f"{name}: {kind} {nid} produced nothing: {outputs.get(nid)}"
+            )
+        if kind == "FlashVAEDDecode":
+            (stats,) = outputs[nid]["flash_vaed_stats"]
+            # 3 Wan latent frames -> 4 * 2 + 1 = 9; 2 LTX latent frames -> 8 * 1 + 1 = 9
+            assert stats["frames"] == 9 and stats["size"] == [64, 64], stats
+    assert {r["filename"].rsplit(".", 1)[-1] for r in output_files(entry)} >= {"mp4"}, output_files(entry)
+
+
+def validation_errors(url: str, prompt: dict) -> list[tuple[str, str, str]]:
+    """(class_type, input name, error type) of every validation error of ``prompt`` (empty: it is valid)."""
+    try:
+        post_json(url, "/prompt", {"prompt": prompt, "client_id": "validation-only"})
+    except urllib.error.HTTPError as e:
+        body = json.loads(e.read() or b"{}")
+        errors = [
+            (ne["class_type"], (err.get("extra_info") or {}).get("input_name", ""), err.get("type", ""))
+            for ne in (body.get("node_errors") or {}).values()
+            for err in ne["errors"]
+        ]
+        return errors or [("prompt", "", json.dumps(body.get("error")))]
+    raise AssertionError("the full workflow validated, but its model files are absent: it should not")
+
+
+def only_missing_model_files(errors: list[tuple[str, str, str]]) -> bool:
+    return bool(errors) and all(
+        inp in MODEL_FILE_INPUTS and kind == "value_not_in_list" for _, inp, kind in errors
+    )
+
+
+# ---- templates ---------------------------------------------------------------------------------------
+
+
+def test_the_four_workflows_are_shipped():
+    assert set(WORKFLOWS) == EXPECTED
+    assert not (REPO_ROOT / "example_workflows").exists(), (
+        "ComfyUI 0.3.75 lists example_workflows/ AND workflows/: a second folder (or a link) shows every "
+        "template twice"
+    )
+
+
+def test_template_browser_lists_each_workflow_once(server: str):
+    listed = get_json(server, "/workflow_templates")
+    assert list(listed) == [REPO_ROOT.name], listed
+    names = listed[REPO_ROOT.name]
+    assert sorted(names) == WORKFLOWS, names  # sorted() keeps duplicates, so this also checks "once"
+    for name in names:  # what the template browser fetches when the user picks one
+        assert get_json(server, f"/api/workflow_templates/{REPO_ROOT.name}/{name}.json") == load(name)
+
+
+# ---- through the HTTP API (UI format converted by the harness) -----------------------------------------
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflow_is_valid_but_for_missing_model_files(server: str, name: str):
+    errors = validation_errors(server, to_api_prompt(load(name), server))
+    assert only_missing_model_files(errors), errors
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_decode_part_runs_through_the_api(server: str, object_info: dict, name: str):
+    prompt = decode_part(to_api_prompt(load(name), server), object_info)
+    assert {"FlashVAEDLoad"} <= {n["class_type"] for n in prompt.values()}
+    free_models(server)  # the workflows share nodes: a cached node reports no outputs
+    entry = run_prompt(server, prompt, timeout_s=300)
+    check_decode_outputs(name, prompt, entry)
+
+
+@pytest.mark.slow
+def test_ltx_decode_part_with_the_official_student_layout(
+    comfy_root: Path, tmp_path: Path, object_info: dict, server: str
+):
+    """ltxv_t2v's decode part with a Flash_VAED_LTX.pth in the official layout (67 M values)."""
+    models = write_models(tmp_path / "models", ltx="official")
+    with comfy_server(comfy_root, nodes=[REPO_ROOT], models_dir=models, run_dir=tmp_path / "run") as url:
+        prompt = decode_part(to_api_prompt(load("ltxv_t2v"), url), object_info)
+        entry = run_prompt(url, prompt, timeout_s=600)
+    check_decode_outputs("ltxv_t2v", prompt, entry)
+    (decode,) = [nid for nid, n in prompt.items() if n["class_type"] == "FlashVAEDDecode"]
+    assert entry["outputs"][decode]["flash_vaed_stats"][0]["decoder"] == "Flash_VAED_LTX.pth"
+
+
+# ---- through the frontend ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflow_loads_in_the_frontend_as_saved(ui, server: str, name: str):
+    workflow = load(name)
+    ui.load(workflow)
+    assert not [m for m in ui.messages() if "missing" in m.lower()], ui.messages()
+    # loaded and exported again by the frontend, the file comes back unchanged (but for the view and id)
+    again = ui.export_workflow()
+    for key in ("nodes", "links", "groups", "version"):
+        assert again[key] == workflow[key], f"{name}: {key} differs after a load/export round trip"
+    assert workflow["extra"]["frontendVersion"] == again["extra"]["frontendVersion"]
+    # queued as the Run button does: only the absent model files are refused
+    status, body = ui.queue()
+    assert status == 400, body
+    errors = [
+        (ne["class_type"], (e.get("extra_info") or {}).get("input_name", ""), e.get("type", ""))
+        for ne in body["node_errors"].values()
+        for e in ne["errors"]
+    ]
+    assert only_missing_model_files(errors), errors
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_decode_part_runs_in_the_frontend(ui, server: str, object_info: dict, name: str):
+    prompt = decode_part(to_api_prompt(load(name), server), object_info)
+    free_models(server)  # run, not cached: a cached node reports no outputs
+    ui.load(prompt)
+    entry = ui.run(timeout_s=300)
+    check_decode_outputs(name, prompt, entry)
+    for nid, node in prompt.items():
+        if node["class_type"] == "FlashVAEDDecode":
+            shown = ui.js(
+                "id => window.app.graph.getNodeById(id).widgets.find(w => w.name === 'flash_vaed_stats')?.value",
+                int(nid),
+            )
+            assert shown and shown.startswith("9 frames 64×64 in "), shown
