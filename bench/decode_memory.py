@@ -1,0 +1,382 @@
+"""Decode memory: peak memory against clip length (whole clip vs streaming) and against tile size.
+
+    python bench/decode_memory.py                                   # CPU, official Wan student, small shapes
+    python bench/decode_memory.py --latent-hw 90x160 --frames 1,6,11,21 --tiles 256,512 --out-device cpu
+                                                                    # CUDA: 720p, up to 81 frames
+    python bench/decode_memory.py --markdown bench/results/decode_memory_cpu.md --json out.json
+
+Every configuration runs in a FRESH subprocess (this script with --child), so one run's peak and allocator
+caches cannot leak into the next. What is measured:
+
+* CUDA: torch.cuda.max_memory_allocated during the decode. `peak_mb` is the absolute peak (weights, latent,
+  output and activations: what the decode needs on the GPU, without the CUDA context and the caching
+  allocator's slack); `peak_delta_mb` is that minus what was allocated right before the decode.
+* CPU: the process's peak resident set size (VmHWM, reset through /proc/self/clear_refs after malloc_trim,
+  else a 1 ms RSS sampler). torch's CPU allocations are invisible to tracemalloc, so RSS is what can be
+  measured. `peak_mb` is the absolute peak RSS (includes Python, torch and the weights);
+  `peak_delta_mb` the increase during the decode.
+
+`state_mb` is DecodeState.nbytes() of the streaming runs (Wan family): the causal context carried between
+chunks, its largest value over the decode. Modes: `whole` (chunk_frames=None), `stream-N`
+(chunk_frames=N), and tiled streaming (chunk_frames=1 with tile_px). Seconds are single, un-interleaved
+decodes in a fresh process: see decode_speed.py for speed comparisons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from decode_speed import DTYPES, PeakMemory, build_ours, parse_shape, seeded_latent, video_of
+
+from flash_vaed import DecoderSpec, Family
+from flash_vaed.arch.ltx_student import LTXStudentSpec
+from flash_vaed.decoder import FlashDecoder
+
+log = logging.getLogger("bench.decode_memory")
+
+# defaults per device: CPU small enough to finish in minutes on a shared 2-core machine, CUDA the 720p target
+DEFAULTS = {
+    "cpu": {"latent_hw": "16x24", "frames": "1,2,4,8", "tiles": "64,96"},
+    "cuda": {"latent_hw": "90x160", "frames": "1,6,11,21", "tiles": "256,512"},
+}
+
+
+def resolve(name: str):
+    """A decoder spec by preset name (flash_vaed.presets when present)."""
+    try:
+        from flash_vaed.presets import resolve_spec
+
+        return resolve_spec(name)
+    except ImportError:
+        known = {"wan21-official": DecoderSpec.flashvaed_wan21, "wan21-teacher": DecoderSpec.wan21_teacher}
+        known["ltx-official"] = LTXStudentSpec.official
+        if name not in known:
+            raise SystemExit(f"unknown decoder {name!r}: one of {', '.join(known)}") from None
+        return known[name]()
+
+
+class StateProbe:
+    """Reads DecodeState.nbytes() of the stream the engine is decoding, after every chunk.
+
+    FlashDecoder makes its streams inside decode(); wrapping the region's new_stream on this instance is
+    the one way to see them without changing the library. Only the current stream is referenced, so the
+    probe keeps no extra state alive beyond the end of the decode.
+    """
+
+    def __init__(self, dec: FlashDecoder):
+        self.current = None
+        self.max_nbytes = 0
+        make_region = dec._region
+
+        def region(*args, **kwargs):
+            r = make_region(*args, **kwargs)
+            if r.causal:
+                new_stream = r.new_stream
+
+                def recording_stream():
+                    self.current = new_stream()
+                    return self.current
+
+                r.new_stream = recording_stream
+            return r
+
+        dec._region = region
+
+    def on_progress(self, done: int, total: int) -> None:
+        if self.current is not None:
+            self.max_nbytes = max(self.max_nbytes, self.current.nbytes())
+
+
+# ---- child: one configuration in its own process -------------------------------------------------------
+
+
+def child(cfg: dict) -> dict:
+    device = torch.device(cfg["device"])
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+    dec = build_ours("student", resolve(cfg["decoder"]), seed=1).to(device, DTYPES[cfg["dtype"]])
+    z = seeded_latent(tuple(cfg["latent"])).to(device)
+    probe = StateProbe(dec)
+    memory = PeakMemory(device, cpu_note="VmHWM in a fresh process per configuration")
+    peaks, bases, abs_peaks, times = [], [], [], []
+    out_mb = None
+    for _ in range(cfg["repeats"]):
+        memory.start()
+        start = time.perf_counter()
+        out = dec.decode(
+            z,
+            chunk_frames=cfg["chunk_frames"],
+            tile_px=cfg["tile_px"],
+            overlap_px=cfg["overlap_px"],
+            on_progress=probe.on_progress,
+            out_device=cfg["out_device"],
+        )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+        peak = memory.stop()
+        out_mb = out.numel() * out.element_size() / 2**20
+        del out
+        if peak is not None:
+            peaks.append(peak)
+            bases.append(memory.base)
+            abs_peaks.append(memory.peak)
+    return {
+        "seconds_median": statistics.median(times),
+        "peak_mb": max(abs_peaks) / 2**20 if abs_peaks else None,
+        "peak_delta_mb": max(peaks) / 2**20 if peaks else None,
+        "base_mb": min(bases) / 2**20 if bases else None,
+        "state_mb": probe.max_nbytes / 2**20 if dec.causal else None,
+        "output_mb": out_mb,
+        "weights_mb": sum(p.numel() * p.element_size() for p in dec.module.parameters()) / 2**20,
+        "memory_kind": memory.kind,
+    }
+
+
+def run_child(cfg: dict, timeout_s: float) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(cfg)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-2000:]
+        return {"error": f"child exited {proc.returncode}: {tail}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---- parent ----------------------------------------------------------------------------------------------
+
+
+def configs(args, device: torch.device) -> list[dict]:
+    family = resolve(args.decoder)
+    family = family.family if isinstance(family, DecoderSpec) else Family.LTXV
+    channels = family.latent_channels
+    h, w = args.latent_hw
+    base = {
+        "decoder": args.decoder,
+        "family": family.value,
+        "device": str(device),
+        "dtype": args.dtype,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "overlap_px": args.overlap,
+        "out_device": args.out_device or str(device),
+    }
+    out = []
+    for t in args.frames:
+        for chunk in [None, *args.chunks]:
+            if chunk is not None and chunk >= t and chunk != 1:
+                continue  # one chunk covering the clip is the whole-clip run again
+            mode = "whole" if chunk is None else f"stream-{chunk}"
+            out.append(
+                {
+                    **base,
+                    "sweep": "frames",
+                    "mode": mode,
+                    "latent": [channels, t, h, w],
+                    "chunk_frames": chunk,
+                    "tile_px": None,
+                }
+            )
+    t = args.tile_frames or max(args.frames)
+    for tile in args.tiles:
+        out.append(
+            {
+                **base,
+                "sweep": "tiles",
+                "mode": f"stream-1 tile-{tile}",
+                "latent": [channels, t, h, w],
+                "chunk_frames": 1,
+                "tile_px": tile,
+            }
+        )
+    return out
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"### Decode memory, {result['decoder']} ({result['dtype']}, {m['device_type']}: {m['device']})",
+        "",
+        f"Measured: {result['memory_kind']}; each row is a fresh process; {m['cpu_count']} cores, "
+        f"load average {'/'.join(f'{x:.1f}' for x in m['loadavg_before'] or [])} at the start.",
+        "",
+        "| sweep | mode | latent | video | peak MB | peak over pre-decode MB | state MB | output MB | s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        f, h, w = r["video"]
+        if r.get("error"):
+            lines.append(
+                f"| {r['sweep']} | {r['mode']} | {'x'.join(map(str, r['latent']))} | {f}x{h}x{w} | "
+                f"error: {r['error'][:60]} | | | | |"
+            )
+            continue
+        lines.append(
+            f"| {r['sweep']} | {r['mode']} | {'x'.join(map(str, r['latent']))} | {f}x{h}x{w} | "
+            f"{_n(r['peak_mb'])} | {_n(r['peak_delta_mb'])} | {_n(r['state_mb'], 2)} | "
+            f"{_n(r['output_mb'], 1)} | {_n(r['seconds_median'], 2)} |"
+        )
+    return "\n".join([*lines, ""])
+
+
+def _n(v, digits: int = 0) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def plot(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed: no plot (pip install matplotlib)")
+        return False
+    runs = [r for r in result["runs"] if not r.get("error") and r["peak_delta_mb"] is not None]
+    fig, (ax_t, ax_tile) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode in dict.fromkeys(r["mode"] for r in runs if r["sweep"] == "frames"):
+        pts = sorted((r["latent"][1], r["peak_delta_mb"]) for r in runs if r["mode"] == mode)
+        ax_t.plot(*zip(*pts, strict=True), marker="o", label=mode)
+    ax_t.set(xlabel="latent frames T", ylabel="peak over pre-decode (MB)", title="memory vs clip length")
+    ax_t.legend()
+    tiled = [r for r in runs if r["sweep"] == "tiles"]
+    if tiled:
+        pts = sorted((r["tile_px"], r["peak_delta_mb"]) for r in tiled)
+        ax_tile.plot(*zip(*pts, strict=True), marker="o", label="stream-1, tiled")
+        # the untiled runs at the same clip length, as levels to compare the tiled points with
+        for r in runs:
+            if (
+                r["sweep"] == "frames"
+                and r["latent"] == tiled[0]["latent"]
+                and r["mode"] in ("whole", "stream-1")
+            ):
+                ax_tile.axhline(
+                    r["peak_delta_mb"], linestyle="--", color="gray" if r["mode"] == "whole" else "C1"
+                )
+                ax_tile.annotate(f"{r['mode']}, untiled", (pts[0][0], r["peak_delta_mb"]), fontsize=8)
+        ax_tile.set(xlabel="tile px", ylabel="peak over pre-decode (MB)", title="memory vs tile size")
+        ax_tile.legend()
+    fig.suptitle(
+        f"{result['decoder']}, {result['machine']['device_type']}: {result['memory_kind']}", fontsize=8
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--decoder", default="wan21-official", help="a flash_vaed.presets name (default %(default)s)"
+    )
+    ap.add_argument(
+        "--latent", type=parse_shape, help="CxTxHxW: one clip length (T) at this size; sets --frames"
+    )
+    ap.add_argument("--latent-hw", help="latent H x W (default: 16x24 on CPU, 90x160 = 720p on CUDA)")
+    ap.add_argument("--frames", help="latent frame counts T to sweep (default: 1,2,4,8 CPU; 1,6,11,21 CUDA)")
+    ap.add_argument("--chunks", default="1,2,4", help="streaming chunk_frames to compare with whole clip")
+    ap.add_argument("--tiles", help="tile sizes in px for the tile sweep (default: 64,96 CPU; 256,512 CUDA)")
+    ap.add_argument("--tile-frames", type=int, help="T of the tile sweep (default: the largest of --frames)")
+    ap.add_argument("--overlap", type=int, help="tile overlap px (default: the engine's, tile/4)")
+    ap.add_argument(
+        "--out-device", help="where frames are assembled (default: the decode device; cpu for GPU)"
+    )
+    ap.add_argument("--device", help="cpu or cuda[:N] (default: cuda if available)")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--repeats", type=int, default=1, help="decodes per process (peak: max; time: median)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
+    ap.add_argument(
+        "--json", nargs="?", const="-", metavar="PATH", help="write the result as JSON (- = stdout)"
+    )
+    ap.add_argument("--markdown", type=Path, help="also write the table here")
+    ap.add_argument("--plot", type=Path, help="PNG plot (default: next to --markdown, if given)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stream = sys.stderr if args.json == "-" or args.child else sys.stdout
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=stream)
+    if args.child:
+        sys.stdout.write(json.dumps(child(json.loads(args.child))) + "\n")
+        return 0
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    defaults = DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+    if args.latent:
+        args.latent_hw, args.frames = args.latent[2:], [args.latent[1]]
+        args.tiles = args.tiles or ""
+    else:
+        args.latent_hw = tuple(int(v) for v in (args.latent_hw or defaults["latent_hw"]).split("x"))
+        args.frames = _ints(args.frames or defaults["frames"])
+    args.tiles = _ints(defaults["tiles"] if args.tiles is None else args.tiles)
+    args.chunks = _ints(args.chunks)
+
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    runs = []
+    for cfg in configs(args, device):
+        log.info("%s %s latent %s ...", cfg["sweep"], cfg["mode"], "x".join(map(str, cfg["latent"])))
+        res = run_child(cfg, args.timeout)
+        fam = Family(cfg["family"])
+        row = {**cfg, "video": list(video_of(fam, tuple(cfg["latent"]))), **res}
+        runs.append(row)
+        if res.get("error"):
+            log.error("  failed: %s", res["error"][-400:])
+        else:
+            log.info(
+                "  peak %.0f MB (+%.0f MB), state %s MB, %.2f s",
+                row["peak_mb"] or -1,
+                row["peak_delta_mb"] or -1,
+                _n(row["state_mb"], 2),
+                row["seconds_median"],
+            )
+    ok = [r for r in runs if not r.get("error")]
+    result = {
+        "bench": "decode_memory",
+        "decoder": args.decoder,
+        "dtype": args.dtype,
+        "memory_kind": ok[0]["memory_kind"] if ok else None,
+        "machine": {
+            "device_type": device.type,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        },
+        "runs": runs,
+    }
+    text = markdown(result)
+    log.info("\n%s", text)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text)
+    plot_path = args.plot or (args.markdown.with_suffix(".png") if args.markdown else None)
+    if plot_path and plot(result, plot_path):
+        result["plot"] = str(plot_path)
+        log.info("plot: %s", plot_path)
+    if args.json == "-":
+        sys.stdout.write(json.dumps(result) + "\n")
+    elif args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 1 if len(ok) != len(runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
