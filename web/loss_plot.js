@@ -83,7 +83,7 @@ function draw(canvas, plot) {
     ctx.strokeStyle = "#555";
     ctx.strokeRect(box.x, box.y, box.w, box.h);
     ctx.fillStyle = "#999";
-    const label = (v) => (log ? `1e${v.toFixed(1)}` : v.toPrecision(3));
+    const label = (v) => (log ? 10 ** v : v).toPrecision(2);
     ctx.fillText(label(hi), 2, box.y);
     ctx.fillText(label(lo), 2, box.y + box.h - 11);
     ctx.fillText(String(x1), box.x + box.w - 6 * String(x1).length, box.y + box.h + 2);

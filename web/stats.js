@@ -21,6 +21,7 @@ function planText(stats) {
     if (stats.mode) parts.push(stats.mode);
     if (stats.chunk_frames) parts.push(`chunk ${stats.chunk_frames}`);
     if (stats.tile_px) parts.push(`tile ${stats.tile_px}/${stats.overlap_px ?? 0} px`);
+    if (!stats.chunk_frames && !stats.tile_px) parts.push("whole clip");
     if (stats.retries) parts.push(`${stats.retries} OOM retr${stats.retries === 1 ? "y" : "ies"}`);
     if (stats.dtype || stats.device) parts.push([stats.dtype, stats.device].filter(Boolean).join(" on "));
     return parts.join(", ");
@@ -49,11 +50,13 @@ function statsWidget(node) {
         padding: "2px 6px",
         pointerEvents: "none",
     });
-    const height = () => LINE_PX * Math.max(1, element.textContent.split("\n").length) + 6;
+    const MARGIN_PX = 4;
+    const height = () => LINE_PX * Math.max(1, element.textContent.split("\n").length) + 4 + 2 * MARGIN_PX;
     // serialize: false keeps it out of saved workflows (widgets_values) and out of the prompt.
     const widget = node.addDOMWidget(WIDGET_NAME, "flash_vaed_stats", element, {
         serialize: false,
         hideOnZoom: false,
+        margin: MARGIN_PX,
         getValue: () => element.textContent,
         setValue: (text) => {
             element.textContent = text ?? "";
