@@ -178,6 +178,11 @@ def test_feature_alignment_pairs_groups_and_adapters():
     assert list(losses.depth_groups(rs[:3]).values()) == ["deep", "middle", "shallow"]
     torch.manual_seed(0)
     s = torch.randn(2, 4, 3, 5, 5)
+    # an identity-shrunk fit recovers equal features exactly, even on few rows
+    same = losses.FeatureAdapters({(3, 5, 5): (4, 4)})
+    same.fit({(3, 5, 5): s}, {(3, 5, 5): s})
+    assert float(losses.feature_loss(s, s, same[(3, 5, 5)]).detach()) < 1e-10
+    s = torch.randn(2, 4, 3, 20, 20)
     mix = torch.randn(6, 4)
     t = torch.einsum("oc,bcthw->bothw", mix, s) + 0.5
     adapters = losses.FeatureAdapters({(3, 5, 5): (4, 6)})

@@ -15,8 +15,8 @@ Feature alignment, and why it looks like this:
   its pruned init; an adapter works for any init (prune, random, a released student). The adapters start
   at the least-squares map on the first batch (`FeatureAdapters.fit`), so the first feature losses measure
   what the student's features can express, not a random projection.
-- Scale: the squared error is divided by the teacher feature's variance, so a term is about 1 for
-  unrelated features and 0 for a perfect match, at every depth, whatever the activations' scale.
+- Scale: the squared error is divided by the teacher feature's variance, so a term is 1 when the adapter
+  outputs the teacher's mean and 0 for a perfect match, at every depth, whatever the activations' scale.
 - Depth groups: the paired resolutions, deep to shallow, are split into three contiguous groups (deep,
   middle, shallow; the deep group gets the extra one when they do not divide evenly: 4 resolutions ->
   2, 1, 1). Phase 1 weights the deep group, phase 2 the middle one, phase 3 the shallow one (schedule.py).
@@ -118,7 +118,7 @@ def depth_groups(resolutions: list[Resolution]) -> dict[Resolution, str]:
 
 
 def feature_loss(student: torch.Tensor, teacher: torch.Tensor, adapter: nn.Module) -> torch.Tensor:
-    """mean((adapter(student) - teacher)^2) / var(teacher): about 1 for unrelated features, 0 when equal.
+    """mean((adapter(student) - teacher)^2) / var(teacher): 1 for an output at the teacher's mean, 0 when equal.
 
     student (B, Cs, T, H, W), teacher (B, Ct, T, H, W) (no gradient needed); adapter maps Cs -> Ct.
     """
@@ -145,7 +145,11 @@ class FeatureAdapters(nn.Module):
     def fit(
         self, student: Mapping[Resolution, torch.Tensor], teacher: Mapping[Resolution, torch.Tensor]
     ) -> None:
-        """Set each adapter to the ridge least-squares map from student to teacher features (one batch)."""
+        """Set each adapter to the ridge least-squares map from student to teacher features (one batch),
+        shrunk towards the identity when the widths match (a stage pruned at full width keeps the teacher's
+        channels in order) and towards zero otherwise. The ridge grows with width / rows: the deepest
+        stages of a calibration batch have few pixels, and an unshrunk fit of 384 channels on 192 rows
+        would overfit that batch and make the first training losses worse than no adapter at all."""
         for r in student:
             if _key(r) not in self.maps:
                 continue
@@ -155,9 +159,14 @@ class FeatureAdapters(nn.Module):
             stride = max(1, x.shape[0] // 65536)
             x, y = x[::stride], y[::stride]
             x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+            cs, ct = x.shape[1], y.shape[1]
+            prior = torch.zeros(cs + 1, ct, dtype=x.dtype)
+            if cs == ct:
+                prior[:cs] = torch.eye(cs, dtype=x.dtype)
             gram = x1.T @ x1
-            ridge = 1e-4 * gram.diagonal().mean().clamp_min(1e-12)
-            sol = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype), x1.T @ y)
+            ridge = gram.diagonal().mean().clamp_min(1e-12) * (1e-4 + cs / x.shape[0])
+            eye = torch.eye(cs + 1, dtype=x.dtype)
+            sol = torch.linalg.solve(gram + ridge * eye, x1.T @ y + ridge * prior)
             conv.weight.copy_(sol[:-1].T.reshape(conv.weight.shape).to(conv.weight.dtype))
             conv.bias.copy_(sol[-1].to(conv.bias.dtype))
 
