@@ -502,6 +502,9 @@ def run(
             )
             opt.load_state_dict(_unflatten_optimizer(tensors, meta["optim_groups"]))
             torch.set_rng_state(tensors["rng.torch"])
+            cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+            if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda_states)
             start, history = int(meta["step"]), json.loads(meta["history"])
             if int(meta.get("world_size", 1)) != world:
                 log.warning("resumed with %s ranks, saved with %s: batches differ", world, meta["world_size"])
