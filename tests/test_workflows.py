@@ -191,14 +191,12 @@ def test_decode_part_runs_through_the_api(server: str, object_info: dict, name: 
 
 
 @pytest.mark.slow
-def test_ltx_decode_part_with_the_official_student_layout(
-    comfy_root: Path, tmp_path: Path, object_info: dict, server: str
-):
+def test_ltx_decode_part_with_the_official_student_layout(comfy_server, tmp_path: Path):
     """ltxv_t2v's decode part with a Flash_VAED_LTX.pth in the official layout (67 M values)."""
     models = write_models(tmp_path / "models", ltx="official")
-    with comfy_server(comfy_root, nodes=[REPO_ROOT], models_dir=models, run_dir=tmp_path / "run") as url:
-        prompt = decode_part(to_api_prompt(load("ltxv_t2v"), url), object_info)
-        entry = run_prompt(url, prompt, timeout_s=600)
+    url = comfy_server(nodes=[REPO_ROOT], models_dir=models)
+    prompt = decode_part(to_api_prompt(load("ltxv_t2v"), url), get_json(url, "/object_info"))
+    entry = run_prompt(url, prompt, timeout_s=600)
     check_decode_outputs("ltxv_t2v", prompt, entry)
     (decode,) = [nid for nid, n in prompt.items() if n["class_type"] == "FlashVAEDDecode"]
     assert entry["outputs"][decode]["flash_vaed_stats"][0]["decoder"] == "Flash_VAED_LTX.pth"

@@ -20,6 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `harness` and `support` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness import server  # noqa: E402
 from support.frontend import open_frontend  # noqa: E402
 
 log = logging.getLogger("workflow_sources")
@@ -41,6 +42,7 @@ LTX_POSITIVE = (
 LTX_NEGATIVE = "low quality, worst quality, deformed, distorted, disfigured, motion smear, motion artifacts"
 
 FLASH_COLOR = "#8A8"  # LiteGraph's "green" group colour; stock-node groups keep the default blue
+DECODE_H = 215  # Flash-VAED Decode with room for the 3 lines of stats it shows after a run
 FLASH_DECODE = {"mode": "auto", "chunk_frames": 4, "tile_px": 512, "overlap_px": 64}
 
 WAN_FILES = """\
@@ -132,7 +134,7 @@ def wan21_t2v() -> tuple[dict, dict]:
     layout = {
         "columns": [["12"], ["1", "2"], ["3", "4"], ["5", "6", "7"], ["8", "9"], ["10", "11"]],
         "sizes": {"1": [320, 0], "2": [320, 0], "3": [420, 160], "4": [420, 160], "12": [380, 360],
-                  "8": [320, 0], "9": [320, 0], "11": [280, 0]},
+                  "8": [320, 0], "9": [320, DECODE_H], "11": [280, 0]},
         "groups": [
             {"title": "Wan 2.1 sampling (stock nodes)", "nodes": ["1", "2", "3", "4", "5", "6", "7"]},
             {"title": "Flash-VAED decode", "nodes": ["8", "9"], "color": FLASH_COLOR},
@@ -242,7 +244,7 @@ def ltxv_t2v() -> tuple[dict, dict]:
     layout = {
         "columns": [["15"], ["1", "2"], ["3", "4"], ["5", "6", "7", "8"], ["9"], ["10", "12"], ["13", "14"]],
         "sizes": {"1": [320, 0], "2": [320, 0], "3": [420, 180], "4": [420, 120], "15": [380, 360],
-                  "10": [320, 0], "12": [320, 0], "14": [280, 0]},
+                  "10": [320, 0], "12": [320, DECODE_H], "14": [280, 0]},
         "groups": [
             {"title": "LTX-Video sampling (stock nodes)", "nodes": ["1", "2", "3", "4", "5", "6", "7", "8", "9"]},
             {"title": "Flash-VAED decode", "nodes": ["10", "12"], "color": FLASH_COLOR},
@@ -291,7 +293,7 @@ def wan21_compare_decoders() -> tuple[dict, dict]:
         "columns": [["19"], ["1", "2"], ["3", "4"], ["5", "6", "7"], ["8", "9", "10", "11"], ["12", "13"],
                     ["17", "18"], ["14", "15", "16"]],
         "sizes": {"1": [320, 0], "2": [320, 0], "3": [420, 160], "4": [420, 160], "19": [380, 420],
-                  "8": [320, 0], "10": [320, 0], "11": [320, 0], "14": [320, 0], "16": [280, 0],
+                  "8": [320, 0], "9": [260, 0], "10": [320, 0], "11": [320, DECODE_H], "14": [320, 0], "16": [280, 0],
                   "12": [360, 330], "13": [360, 330], "18": [360, 330]},
         "groups": [
             {"title": "Teacher: stock VAE Decode", "nodes": ["8", "9"]},
@@ -312,7 +314,8 @@ WORKFLOWS = {
 LAYOUT_JS = """
 ([layout, LiteGraph]) => {
   const graph = window.app.graph;
-  const GAP_X = 60, GAP_Y = 50, TOP = 80, GROUP_GAP = 80;
+  // a node's title bar (30 px) is drawn above its pos; a group's title bar (font 24) above that
+  const GAP_X = 60, GAP_Y = 50, TOP = 100, NODE_TITLE = 30, GROUP_TITLE = 44, GROUP_GAP = 100;
   const groupOf = (id) => layout.groups.findIndex((g) => g.nodes.includes(id));
   let x = 40;
   for (const column of layout.columns) {
@@ -335,7 +338,7 @@ LAYOUT_JS = """
     const group = new window.LiteGraph.LGraphGroup(g.title);
     if (g.color) group.color = g.color;
     graph.add(group);
-    const pad = 20, title = 50;
+    const pad = 20, title = NODE_TITLE + GROUP_TITLE;
     const x0 = Math.min(...nodes.map((n) => n.pos[0])) - pad;
     const y0 = Math.min(...nodes.map((n) => n.pos[1])) - title;
     const x1 = Math.max(x0 + 14 * g.title.length + 2 * pad, ...nodes.map((n) => n.pos[0] + n.size[0] + pad));
@@ -347,6 +350,68 @@ LAYOUT_JS = """
   return graph.nodes.length;
 }
 """
+
+
+# The sampler bypassed, so its input latent (the workflow's empty latent, made small) reaches the decoders.
+BYPASS_SAMPLERS_JS = """
+(size) => {
+  for (const node of window.app.graph.nodes) {
+    if (["KSampler", "SamplerCustom"].includes(node.type)) node.mode = 4;
+    if (node.type.startsWith("Empty") && node.type.endsWith("LatentVideo")) {
+      for (const [name, value] of Object.entries(size)) node.widgets.find((w) => w.name === name).value = value;
+    }
+  }
+}
+"""
+FRAME_NODES_JS = """
+(ids) => {
+  // page-pixel box around the nodes (title bars included) and the groups that hold them
+  const app = window.app, pad = 16;
+  const boxes = ids.map((id) => app.graph.getNodeById(id)).map((n) => [n.pos[0], n.pos[1] - 30, n.size[0], n.size[1] + 30]);
+  for (const g of app.graph.groups) {
+    const inside = boxes.some(([x, y]) => x >= g.pos[0] && y >= g.pos[1] && x <= g.pos[0] + g.size[0] && y <= g.pos[1] + g.size[1]);
+    if (inside) boxes.push([g.pos[0], g.pos[1], g.size[0], g.size[1]]);
+  }
+  const gx0 = Math.min(...boxes.map((b) => b[0])), gy0 = Math.min(...boxes.map((b) => b[1]));
+  const gx1 = Math.max(...boxes.map((b) => b[0] + b[2])), gy1 = Math.max(...boxes.map((b) => b[1] + b[3]));
+  // zoom so that the box fills the canvas, then return where it is on the page
+  const r = app.canvas.canvas.getBoundingClientRect(), ds = app.canvas.ds;
+  ds.scale = Math.min((r.width - 2 * pad) / (gx1 - gx0), (r.height - 2 * pad) / (gy1 - gy0));
+  ds.offset = [pad / ds.scale - gx0, pad / ds.scale - gy0];
+  app.canvas.setDirty(true, true);
+  const [x0, y0] = ds.convertOffsetToCanvas([gx0, gy0]);
+  const [x1, y1] = ds.convertOffsetToCanvas([gx1, gy1]);
+  return { x: r.left + x0 - pad, y: r.top + y0 - pad, width: x1 - x0 + 2 * pad, height: y1 - y0 + 2 * pad };
+}
+"""
+
+
+def screenshot(url: str, path: Path, name: str = "wan21_compare_decoders") -> None:
+    """The README image: workflow ``name`` as shipped, its sampler bypassed, run, and its decode part shown.
+
+    The server needs the files the decode part names (tests/support/tiny_models.py writes seeded ones, so
+    the frames are those of random weights).
+    """
+    # no pack-name badges (the harness links the pack under its checkout's folder name), no canvas info
+    server.post_json(url, "/settings/Comfy.NodeBadge.NodeSourceBadgeMode", "None")
+    server.post_json(url, "/settings/Comfy.Graph.CanvasInfo", False)
+    server.free_models(url)
+    with open_frontend(url, viewport=(1600, 760)) as ui:
+        ui.load(json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text()))
+        ui.js(BYPASS_SAMPLERS_JS, {"width": 128, "height": 96, "length": 9})
+        ui.run()
+        ui.js("() => window.app.extensionManager.command.execute('Workspace.ToggleFocusMode')")
+        ui.fit_view()
+        ui.page.wait_for_timeout(500)
+        clip = ui.js(FRAME_NODES_JS, [6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18])
+        ui.page.wait_for_timeout(500)  # DOM widgets follow the canvas on the next frame
+        ui.page.screenshot(path=str(path), clip=clip)
+    from PIL import Image  # a ComfyUI dependency; 256 flat colours keep the README image near 100 kB
+
+    Image.open(path).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
+    server.post_json(url, "/settings/Comfy.NodeBadge.NodeSourceBadgeMode", "Hide built-in")
+    server.post_json(url, "/settings/Comfy.Graph.CanvasInfo", True)
+    log.info("wrote %s", path)
 
 
 def build(url: str, out_dir: Path, names: list[str]) -> list[Path]:
@@ -374,12 +439,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--server", default="http://127.0.0.1:8188")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "workflows")
+    ap.add_argument("--screenshot", type=Path, help="instead: write the README image here (see screenshot())")
     ap.add_argument(
         "--only", action="append", choices=sorted(WORKFLOWS), help="build just these (repeatable)"
     )
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    build(a.server, a.out, a.only or list(WORKFLOWS))
+    if a.screenshot:
+        screenshot(a.server, a.screenshot)
+    else:
+        build(a.server, a.out, a.only or list(WORKFLOWS))
     return 0
 
 
