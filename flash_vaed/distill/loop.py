@@ -29,7 +29,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -395,8 +395,14 @@ def run(
     cfg: DistillConfig,
     on_progress: ProgressFn | None = None,
     on_record: Callable[[dict], None] | None = None,
+    *,
+    teacher_weights: Mapping[str, torch.Tensor] | None = None,
 ) -> DistillResult:
     """Distil a student from cfg.teacher on the videos in cfg.data; see the module docstring.
+
+    teacher_weights: the teacher VAE's state dict, already in memory (the Prune & Distill node passes the
+    loaded ComfyUI VAE's), used instead of reading cfg.teacher, which then only labels the teacher in the
+    saved config (a resume must give the same label); cfg.encoder, when set, is still a file.
 
     on_progress(done, total) is called after every step (rank 0); an exception raised from it stops the
     run after a resumable checkpoint is written, and is re-raised. on_record(record) gets each step's
@@ -410,9 +416,10 @@ def run(
     state_path = out / "last.state.safetensors"
     try:
         # -- teacher, encoder, data --------------------------------------------------------------
-        teacher = load_decoder(cfg.teacher, device=device)
+        teacher_source = cfg.teacher if teacher_weights is None else teacher_weights
+        teacher = load_decoder(teacher_source, device=device)
         try:
-            encoder: FlashEncoder = load_encoder(cfg.encoder or cfg.teacher, device=device)
+            encoder: FlashEncoder = load_encoder(cfg.encoder or teacher_source, device=device)
         except FlashVAEDError as err:
             raise DistillError(
                 f"cannot load an encoder from {cfg.encoder or cfg.teacher} ({err}); pass --encoder with the "
@@ -435,7 +442,11 @@ def run(
         cache = data.PairCache(out / "cache") if cfg.cache and cfg.crop_pool > 0 else None
         if cfg.cache and cfg.crop_pool == 0:
             log.warning("--cache needs --crop-pool > 0 (fresh random crops never repeat); not caching")
-        models_id = data.file_fingerprint(cfg.teacher, cfg.encoder) + ("-bf16" if amp else "-fp32")
+        models_id = (
+            data.file_fingerprint(cfg.teacher, cfg.encoder)
+            if teacher_weights is None
+            else f"{cfg.teacher}-{data.file_fingerprint(cfg.encoder)}"
+        ) + ("-bf16" if amp else "-fp32")
 
         def encode(frames: torch.Tensor) -> torch.Tensor:
             # clone: encode runs in inference mode, and its tensors cannot enter the autograd graph
