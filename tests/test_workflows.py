@@ -31,8 +31,6 @@ from harness.server import (
 from support.frontend import browser_missing, open_frontend
 from support.tiny_models import write_models
 
-pytestmark = pytest.mark.comfy
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_DIR = REPO_ROOT / "workflows"
 WORKFLOWS = sorted(p.stem for p in WORKFLOW_DIR.glob("*.json"))
@@ -163,6 +161,7 @@ def test_the_four_workflows_are_shipped():
     )
 
 
+@pytest.mark.comfy
 def test_template_browser_lists_each_workflow_once(server: str):
     listed = get_json(server, "/workflow_templates")
     assert list(listed) == [REPO_ROOT.name], listed
@@ -175,12 +174,14 @@ def test_template_browser_lists_each_workflow_once(server: str):
 # ---- through the HTTP API (UI format converted by the harness) -----------------------------------------
 
 
+@pytest.mark.comfy
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_is_valid_but_for_missing_model_files(server: str, name: str):
     errors = validation_errors(server, to_api_prompt(load(name), server))
     assert only_missing_model_files(errors), errors
 
 
+@pytest.mark.comfy
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_decode_part_runs_through_the_api(server: str, object_info: dict, name: str):
     prompt = decode_part(to_api_prompt(load(name), server), object_info)
@@ -190,6 +191,7 @@ def test_decode_part_runs_through_the_api(server: str, object_info: dict, name: 
     check_decode_outputs(name, prompt, entry)
 
 
+@pytest.mark.comfy
 @pytest.mark.slow
 def test_ltx_decode_part_with_the_official_student_layout(comfy_server, tmp_path: Path):
     """ltxv_t2v's decode part with a Flash_VAED_LTX.pth in the official layout (67 M values)."""
@@ -205,6 +207,7 @@ def test_ltx_decode_part_with_the_official_student_layout(comfy_server, tmp_path
 # ---- through the frontend ------------------------------------------------------------------------------
 
 
+@pytest.mark.comfy
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_loads_in_the_frontend_as_saved(ui, server: str, name: str):
     workflow = load(name)
@@ -226,7 +229,11 @@ def test_workflow_loads_in_the_frontend_as_saved(ui, server: str, name: str):
     assert only_missing_model_files(errors), errors
 
 
-@pytest.mark.parametrize("name", WORKFLOWS)
+@pytest.mark.comfy
+@pytest.mark.parametrize(
+    "name",  # the compare workflow has both decoders and every output kind; the others add ~15 s each
+    [n if n == "wan21_compare_decoders" else pytest.param(n, marks=pytest.mark.slow) for n in WORKFLOWS],
+)
 def test_decode_part_runs_in_the_frontend(ui, server: str, object_info: dict, name: str):
     prompt = decode_part(to_api_prompt(load(name), server), object_info)
     free_models(server)  # run, not cached: a cached node reports no outputs
