@@ -70,6 +70,17 @@ def loss_message(
     }
 
 
+# Fields of a flash_vaed.distill.loop history record that are not losses.
+RECORD_FIELDS = ("step", "phase", "lr", "time_s")
+
+
+def record_message(node_id: str | int, record: Mapping[str, float], total: int) -> dict:
+    """`loss_message` for one history record of `flash_vaed.distill.loop.run` (what its ``on_record`` gets:
+    ``{"step", "phase", "lr", "loss", <terms>, "time_s"}``, step counted from 1); every other key is a loss."""
+    losses = {k: v for k, v in record.items() if k not in RECORD_FIELDS}
+    return loss_message(node_id, record["step"], total, record["phase"], losses, record["lr"])
+
+
 def done_message(node_id: str | int, out: str) -> dict:
     """The end of a successful run; ``out`` is the saved student's file name (no folders)."""
     if not isinstance(out, str) or not out:

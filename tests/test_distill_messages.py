@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from flash_vaed.distill_messages import EVENT, FORMAT_VERSION, done_message, loss_message
+from flash_vaed.distill_messages import EVENT, FORMAT_VERSION, done_message, loss_message, record_message
 
 
 def test_loss_message_fields_and_types():
@@ -66,3 +66,10 @@ def test_done_message():
     }
     with pytest.raises(ValueError, match="out"):
         done_message("5", "")
+
+
+def test_record_message_takes_a_distill_loop_record():
+    record = {"step": 3, "phase": 2, "lr": 1e-4, "loss": 0.5, "deep": 0.25, "l1": math.inf, "time_s": 0.2}
+    assert record_message("9", record, total=10) == loss_message(
+        "9", 3, 10, 2, {"loss": 0.5, "deep": 0.25, "l1": math.inf}, 1e-4
+    )
