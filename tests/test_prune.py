@@ -366,3 +366,12 @@ def test_custom_spec_strings():
     for bad in ["", "384:conv:3", "384:dw3d:3/12:frame2d:3:6", "mid=3/8:dw3d", "x:dw3d"]:
         with pytest.raises(ValueError):
             parse_spec(bad)
+
+
+@pytest.mark.slow
+def test_sequential_refit_builds_a_valid_student(teacher, latents):
+    cfg = PruneConfig(rows=256, patch_rows=256, sequential=True)
+    student, report = build_student_from_teacher(teacher, tiny_half(), latents[:2], cfg)
+    z = latents[-1:]
+    torch.testing.assert_close(student.decode(z, chunk_frames=1), student.decode(z), atol=1e-5, rtol=0)
+    assert report.psnr_db > 5

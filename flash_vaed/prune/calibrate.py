@@ -7,7 +7,7 @@ Two kinds of sample, both taken with forward hooks while the teacher decodes who
   the norm refits need.
 - `collect_patches`: for a causal 3x3x3 conv, the (zero-padded, causal) 3x3x3 neighbourhood of chosen
   input channels at sampled output positions, (rows, k_in, 27), with the conv's output there, (rows,
-  k_out). What the operator-replacement fits need.
+  k_out); for a per-frame 2D conv the 3x3 neighbourhood, (rows, k_in, 9). What the operator fits need.
 
 Rows are drawn uniformly over batch, frames and pixels with a seeded generator, at most `rows` per
 module, so memory stays bounded whatever the clip size.
@@ -117,6 +117,22 @@ def causal_patches(
     return torch.stack(taps, dim=-1)
 
 
+def frame_patches(
+    x: torch.Tensor, kept_in: torch.Tensor, index: tuple[torch.Tensor, ...], kernel: int = 3
+) -> torch.Tensor:
+    """The k x k neighbourhoods of `kept_in` channels of frames x (N, C, H, W) (zero 'same' padding) at
+    positions `index` = (n, h, w). Returns (R, k_in, kernel**2) in the weight's (kh, kw) order."""
+    p = kernel // 2
+    padded = F.pad(x[:, kept_in.to(x.device)], (p, p, p, p))
+    n, h, w = index
+    return torch.stack([padded[n, :, h + dh, w + dw] for dh in range(kernel) for dw in range(kernel)], dim=-1)
+
+
+def _kernel(conv: nn.Module) -> int:
+    inner = getattr(conv, "depthwise_conv", conv)  # a separable conv's reach is its depthwise kernel
+    return inner.kernel_size[0]
+
+
 @torch.no_grad()
 def collect_patches(
     module: nn.Module,
@@ -126,15 +142,18 @@ def collect_patches(
     seed: int = 0,
     batch: int = 1,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Decode `latents`; for each named causal conv return (patches (rows, k_in, k^3), outputs (rows,
-    k_out)), float32, at the same sampled positions."""
+    """Decode `latents`; for each named conv return (patches (rows, k_in, k^3), outputs (rows, k_out)),
+    float32, at the same sampled positions. Causal 3D convs (full or separable) take (B, C, T, H, W)
+    inputs; per-frame 2D convs take frames (B*T, C, H, W) and give (rows, k_in, k^2) patches. Positions
+    are drawn from the flat (batch, frame, row, column) index either way, so a 3D teacher conv and a
+    2D student conv of the same name sample the same pixels."""
     chunks = _batches(latents, batch)
     quota = math.ceil(rows / len(chunks))
     got: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     handles = []
     for name, req in requests.items():
         conv = module.get_submodule(name)
-        kernel = conv.kernel_size[0]
+        kernel = _kernel(conv)
         gen = _generator(seed + 1, name)
 
         def hook(
@@ -147,13 +166,13 @@ def collect_patches(
             gen: torch.Generator = gen,
         ) -> None:
             x = args[0]
-            b, _, t, h, w = out.shape
-            n = min(quota, b * t * h * w)
-            flat = torch.randperm(b * t * h * w, generator=gen)[:n]
-            index = tuple(i.to(x.device) for i in torch.unravel_index(flat, (b, t, h, w)))
-            patches = causal_patches(x, req.kept_in, index, kernel).float()
-            bi, ti, hi, wi = index
-            target = out[bi, :, ti, hi, wi][:, req.kept_out.to(x.device)].float()
+            grid = (out.shape[0], *out.shape[2:])  # (B, T, H, W) or (B*T, H, W): same flat order
+            total = math.prod(grid)
+            flat = torch.randperm(total, generator=gen)[: min(quota, total)]
+            index = tuple(i.to(x.device) for i in torch.unravel_index(flat, grid))
+            extract = causal_patches if x.ndim == 5 else frame_patches
+            patches = extract(x, req.kept_in, index, kernel).float()
+            target = out.movedim(1, -1)[index][:, req.kept_out.to(x.device)].float()
             got.setdefault(name, []).append((patches, target))
 
         handles.append(conv.register_forward_hook(hook))

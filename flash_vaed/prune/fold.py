@@ -2,6 +2,8 @@
 
 - `fold_reconstruction`: dropped channels ~ kept channels @ M + offset, fitted on a consumer's input.
 - `fold_into_weight`: the consumer conv absorbs that map, so it still "sees" the dropped channels.
+- `fit_input_map` + `map_into_weight`: the general form, teacher input ~ student input @ B + c, for a
+  student whose inputs already differ from the teacher's (sequential refits, see prune/wan.py).
 - `refit_norm_gamma`: an RMS norm over fewer channels, rescaled per channel to match the teacher's.
 - `ridge_lstsq`: the one regularised affine solver all fits use (also the operator inits in surgery.py).
 
@@ -95,6 +97,61 @@ def fold_reconstruction(acts: torch.Tensor, kept: torch.Tensor, ridge: float = 1
     return Fold(kept, dropped, m, off, _rel(x[:, dropped] - recon, x))
 
 
+@dataclass(frozen=True)
+class InputMap:
+    """teacher input (C channels) ~ student input (k channels) @ matrix + offset, per pixel.
+
+    matrix (k, C), offset (C,); error: ||X - X_hat||_F / ||X||_F on the rows it was fitted to.
+    A `Fold` is the special case whose kept columns are the identity.
+    """
+
+    matrix: torch.Tensor
+    offset: torch.Tensor
+    error: float
+
+    @classmethod
+    def from_fold(cls, fold: Fold) -> InputMap:
+        k, d = len(fold.kept), len(fold.dropped)
+        matrix = torch.zeros(k, k + d, dtype=torch.float64)
+        matrix[torch.arange(k), fold.kept] = 1.0
+        matrix[:, fold.dropped] = fold.matrix.double().cpu()
+        offset = torch.zeros(k + d, dtype=torch.float64)
+        offset[fold.dropped] = fold.offset.double().cpu()
+        return cls(matrix, offset, fold.error)
+
+
+def fit_input_map(student: torch.Tensor, teacher: torch.Tensor, ridge: float = 1e-3) -> InputMap:
+    """Fit the teacher's input from the student's at the same pixels (ridge-regularised affine LS).
+
+    student (rows, k), teacher (rows, C): the same sampled positions of one consumer's input in the
+    student being built and in the teacher. Fitting to the student's own inputs lets each layer correct
+    what the layers before it got wrong, instead of assuming they were exact.
+    """
+    b, c = ridge_lstsq(student, teacher, ridge)
+    pred = student.double() @ b.double() + c.double()
+    return InputMap(b, c, _rel(teacher.double() - pred, teacher.double()))
+
+
+def map_into_weight(
+    weight: torch.Tensor, bias: torch.Tensor | None, input_map: InputMap
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A conv on the student's input equal to `weight` on the mapped (teacher) input.
+
+    weight (C_out, C, *kernel), bias (C_out,) or None -> weight (C_out, k, *kernel), bias (C_out,).
+    Since x_c = sum_j x~_j B[j, c] + o_c at every pixel, W_c * x_c (any kernel) = sum_j B[j, c] W_c * x~_j
+    + o_c sum(W_c). (Exact away from the zero padding, where the teacher saw zeros, not o_c.)
+    """
+    w = weight.detach().double()
+    matrix = input_map.matrix.double().to(w.device)
+    new_w = torch.einsum("jc,oc...->oj...", matrix, w)
+    new_bias = None if bias is None else bias.detach().double().clone()
+    offset = input_map.offset.double().to(w.device)
+    if offset.abs().max() > 0:
+        shift = torch.einsum("c,oc->o", offset, w.flatten(2).sum(2))
+        new_bias = shift if new_bias is None else new_bias + shift
+    return new_w.to(weight.dtype), None if new_bias is None else new_bias.to(weight.dtype)
+
+
 def fold_into_weight(
     weight: torch.Tensor, bias: torch.Tensor | None, fold: Fold
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -103,36 +160,31 @@ def fold_into_weight(
     weight (C_out, C_in, *kernel), bias (C_out,) or None. Returns weight (C_out, k, *kernel) and bias.
     Since x_d = sum_k x_k M[k, d] + c_d at every pixel, W_d * x_d (any kernel) = sum_k M[k, d] W_d * x_k
     + c_d sum(W_d): the kept filters gain M-weighted dropped filters, the bias gains each offset times
-    the dropped filter's sum. (Exact away from the zero padding, where the teacher saw zeros, not c_d.)
+    the dropped filter's sum.
     """
-    w = weight.detach().double()
-    kept, dropped = fold.kept.to(w.device), fold.dropped.to(w.device)
-    w_k = w[:, kept].clone()
-    if len(dropped):
-        w_d = w[:, dropped]
-        w_k += torch.einsum("kd,od...->ok...", fold.matrix.double().to(w.device), w_d)
-    new_bias = None if bias is None else bias.detach().double().clone()
-    if len(dropped) and fold.offset.abs().max() > 0:
-        shift = torch.einsum("d,od->o", fold.offset.double().to(w.device), w[:, dropped].flatten(2).sum(2))
-        new_bias = shift if new_bias is None else new_bias + shift
-    return w_k.to(weight.dtype), None if new_bias is None else new_bias.to(weight.dtype)
+    return map_into_weight(weight, bias, InputMap.from_fold(fold))
 
 
-def refit_norm_gamma(acts: torch.Tensor, gamma: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+def refit_norm_gamma(
+    acts: torch.Tensor, gamma: torch.Tensor, kept: torch.Tensor, student_acts: torch.Tensor | None = None
+) -> torch.Tensor:
     """The gamma of an RMS norm over `kept` channels that best matches the teacher's norm on them.
 
-    acts (rows, C): the norm's input; gamma (C,). The teacher divides by the RMS over all C channels,
-    the student only over the kept k, so x_j sqrt(C)/||x|| g_j becomes x_j sqrt(k)/||x_kept|| g'_j; the
-    ratio of the two norms varies per pixel, so g'_j is the per-channel least-squares scale over the
-    calibration rows (it is the only free parameter there, so this is the best the norm can do).
-    Returns (k,).
+    acts (rows, C): the teacher norm's input; gamma (C,). The teacher divides by the RMS over all C
+    channels, the student only over the kept k, so x_j sqrt(C)/||x|| g_j becomes x_j sqrt(k)/||x_kept||
+    g'_j; the ratio of the two norms varies per pixel, so g'_j is the per-channel least-squares scale over
+    the calibration rows (the only free parameter there, so this is the best the norm can do).
+    student_acts (rows, k): the student norm's own input at the same pixels, if it differs from
+    acts[:, kept] (sequential refits). Returns (k,).
     """
-    x = acts.detach().double()
+    x = acts.detach().double().cpu()
     kept = kept.to(torch.long).cpu()
+    gamma = gamma.detach().flatten()
     c, k = x.shape[1], len(kept)
     eps = 1e-12
+    xs = x[:, kept] if student_acts is None else student_acts.detach().double().cpu()
     teacher = x[:, kept] * (c**0.5) / x.norm(dim=1, keepdim=True).clamp_min(eps) * gamma.double().cpu()[kept]
-    unit = x[:, kept] * (k**0.5) / x[:, kept].norm(dim=1, keepdim=True).clamp_min(eps)
+    unit = xs * (k**0.5) / xs.norm(dim=1, keepdim=True).clamp_min(eps)
     den = unit.pow(2).sum(dim=0)
     g = (unit * teacher).sum(dim=0) / den.clamp_min(eps)
     # a channel that is zero on every calibration row has no evidence: keep the teacher's gamma

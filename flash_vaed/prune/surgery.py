@@ -107,13 +107,13 @@ def init_frame2d(
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """A per-frame k x k conv that approximates a causal k x k x k conv (see the module docstring).
 
-    Same arguments as `init_depthwise`. Returns (weight (C_out, C_in, k, k), bias (C_out,), relative
-    output error on the calibration patches).
+    Same arguments as `init_depthwise`; patches may also be per-frame (R, C_in, k^2). Returns (weight
+    (C_out, C_in, k, k), bias (C_out,), relative output error on the calibration patches).
     """
     c_out, c_in, k = weight.shape[:3]
     prior = weight.detach().double().sum(dim=2).reshape(c_out, c_in * k * k).T
-    # the current frame is the last time tap of the causal kernel
-    current = patches.detach().reshape(patches.shape[0], c_in, k, k * k)[:, :, -1].reshape(-1, c_in * k * k)
+    # the current frame is the last time tap of a causal 3D patch (and all of a 2D one)
+    current = patches.detach().reshape(patches.shape[0], c_in, -1)[:, :, -k * k :].reshape(-1, c_in * k * k)
     a, b = ridge_lstsq(current, targets, ridge, prior=prior)
     pred = current.float() @ a + b
     return a.T.reshape(c_out, c_in, k, k).to(weight.dtype), b.to(weight.dtype), _rel(pred, targets)

@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -52,7 +53,14 @@ from ..arch.wan import WanFamilyDecoder
 from ..decoder import FlashDecoder
 from ..spec import DecoderSpec, Op
 from .calibrate import PatchRequest, collect_inputs, collect_patches, run_decoder
-from .fold import Fold, fold_into_weight, fold_reconstruction, refit_norm_gamma
+from .fold import (
+    Fold,
+    fit_input_map,
+    fold_into_weight,
+    fold_reconstruction,
+    map_into_weight,
+    refit_norm_gamma,
+)
 from .report import LayerReport, PruneReport, psnr_db
 from .select import filter_l1, select_by_magnitude, select_channels, select_random
 from .surgery import fill_conv, init_depthwise, init_frame2d, replace_conv
@@ -74,6 +82,10 @@ class PruneConfig:
     ridge:       relative ridge of every least-squares fit (see fold.ridge_lstsq).
     rows:        sampled pixel rows per layer for selection and folds.
     patch_rows:  sampled patch rows per replaced conv for the operator fits.
+    sequential:  after the one-shot pass (every layer fitted on the teacher's activations), refit each
+                 layer in forward order on the student's own inputs (one student decode per step), so
+                 each layer also corrects the error of those before it. About 10x the time; it helps
+                 operator replacement a little and plain pruning not at all (docs/pruning.md).
     holdout:     calibration clips held out (the last ones) for the report's PSNR, not used for fitting.
     batch:       clips per teacher forward pass during calibration.
     seed:        seeds row sampling and random selection.
@@ -86,6 +98,7 @@ class PruneConfig:
     ridge: float = 1e-3
     rows: int = 4096
     patch_rows: int = 2048
+    sequential: bool = False
     holdout: int = 1
     batch: int = 1
     seed: int = 0
@@ -158,7 +171,7 @@ class _WanPruner:
         self.student = WanFamilyDecoder(self.spec).to(device=p.device, dtype=p.dtype).eval()
         self.sites: list[_Site] = []
         self.norms: list[str] = []
-        self.op_lines: list[LayerReport] = []
+        self.op_lines: dict[str, LayerReport] = {}
         self._walk()
 
     # ---- structure -----------------------------------------------------------------------------
@@ -257,15 +270,23 @@ class _WanPruner:
     def _folded(
         self, weight: torch.Tensor, bias: torch.Tensor | None, consumer: str, site: _Site, rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """weight (C_out, C_in, ...) with input channels pruned to site.kept (folded) and rows kept."""
-        w, b = fold_into_weight(weight, bias, self._fold(consumer, site))
+        """weight (C_out, C_in, ...) with input channels pruned to site.kept (folded) and rows kept.
+
+        In the sequential pass (the student's own input to this conv was sampled, `self.own`), the map
+        from the student's input to the teacher's is refitted instead: the same fold plus whatever
+        correction the upstream layers need."""
+        if consumer in self.own:
+            imap = fit_input_map(self.own[consumer], self.inputs[consumer], self.cfg.ridge)
+            w, b = map_into_weight(weight, bias, imap)
+        else:
+            w, b = fold_into_weight(weight, bias, self._fold(consumer, site))
         rows = rows.to(w.device)
         return w[rows], None if b is None else b[rows]
 
     def _gamma(self, norm_name: str, student_norm: RMSNorm, site: _Site) -> None:
         teacher_gamma = self.teacher.get_submodule(norm_name).gamma.detach().flatten()
         if self.cfg.refit_norms:
-            g = refit_norm_gamma(self.inputs[norm_name], teacher_gamma, site.kept)
+            g = refit_norm_gamma(self.inputs[norm_name], teacher_gamma, site.kept, self.own.get(norm_name))
         else:
             g = teacher_gamma[site.kept.to(teacher_gamma.device)]
         with torch.no_grad():
@@ -277,6 +298,8 @@ class _WanPruner:
             fill_conv(conv, weight, bias)
             return
         patches, targets = self.patches[name]
+        if name in self.own_patches:  # the student's own inputs, same positions, teacher outputs
+            patches = self.own_patches[name][0]
         if isinstance(conv, CausalSeparableConv3d):
             init = init_depthwise(weight, bias, patches, targets, self.cfg.ridge)
             fill_conv(conv.depthwise_conv, init.depthwise, None)
@@ -289,7 +312,7 @@ class _WanPruner:
         else:
             raise TypeError(f"{name}: cannot initialise a {type(conv).__name__}")
         c_out = weight.shape[0]
-        self.op_lines.append(LayerReport(name, "operator", c_out, c_out, err, f"full3d->{op.value}"))
+        self.op_lines[name] = LayerReport(name, "operator", c_out, c_out, err, f"full3d->{op.value}")
 
     def _needs_patches(self) -> dict[str, PatchRequest]:
         requests = {}
@@ -305,23 +328,69 @@ class _WanPruner:
                 requests["decoder.head.2"] = PatchRequest(sites[0].kept, torch.arange(sm[2].out_channels))
         return requests
 
-    def _block(self, name: str, sites: tuple[_Site, ...]) -> None:
-        cur, mid, out = sites
+    # ---- the units, as ordered steps: (inputs each step reads, what it fills) ---------------------
+
+    def _steps(self, name: str, sites: tuple[_Site, ...]) -> list[tuple[tuple[str, ...], Callable[[], None]]]:
+        module = self.teacher.get_submodule(name)
+        if name == "decoder.conv1":
+            return [((), lambda: self._conv1(sites[0]))]
+        if name == "decoder.head":
+            return [
+                (
+                    ("decoder.head.0",),
+                    lambda: self._gamma("decoder.head.0", self.student.decoder.head[0], sites[0]),
+                ),
+                (("decoder.head.2",), lambda: self._head_conv(sites[0])),
+            ]
+        if isinstance(module, ResidualBlock3D):
+            cur, mid, out = sites
+            sr = self.student.get_submodule(name).residual
+            return [
+                (
+                    (f"{name}.residual.0",),
+                    lambda: (self._gamma(f"{name}.residual.0", sr[0], cur), self._shortcut(name, cur, out)),
+                ),
+                ((f"{name}.residual.2",), lambda: self._block_conv(name, 2, cur, mid)),
+                ((f"{name}.residual.3",), lambda: self._gamma(f"{name}.residual.3", sr[3], mid)),
+                ((f"{name}.residual.6",), lambda: self._block_conv(name, 6, mid, out)),
+            ]
+        if isinstance(module, FrameAttention):
+            cur, v = sites
+            sa = self.student.get_submodule(name)
+            return [
+                ((f"{name}.norm",), lambda: self._gamma(f"{name}.norm", sa.norm, cur)),
+                ((f"{name}.to_qkv",), lambda: self._qkv(name, cur, v)),
+                ((f"{name}.proj",), lambda: self._proj(name, cur, v)),
+            ]
+        cur, out = sites
+        return [
+            ((name,), lambda: self._time_conv(name, cur)),
+            ((f"{name}.resample.1",), lambda: self._resample(name, cur, out)),
+        ]
+
+    def _conv1(self, site: _Site) -> None:
+        t, s = self.teacher.decoder.conv1, self.student.decoder.conv1
+        rows = site.kept.to(t.weight.device)
+        fill_conv(s, t.weight[rows], t.bias[rows])
+
+    def _block_conv(self, name: str, index: int, src: _Site, dst: _Site) -> None:
+        conv = self.teacher.get_submodule(name).residual[index]
+        w, b = self._folded(conv.weight, conv.bias, f"{name}.residual.{index}", src, dst.kept)
+        self._conv(f"{name}.residual.{index}", self.student.get_submodule(name).residual[index], w, b)
+
+    def _shortcut(self, name: str, cur: _Site, out: _Site) -> None:
         tb, sb = self.teacher.get_submodule(name), self.student.get_submodule(name)
-        tr, sr = tb.residual, sb.residual
-        self._gamma(f"{name}.residual.0", sr[0], cur)
-        w, b = self._folded(tr[2].weight, tr[2].bias, f"{name}.residual.2", cur, mid.kept)
-        self._conv(f"{name}.residual.2", sr[2], w, b)
-        self._gamma(f"{name}.residual.3", sr[3], mid)
-        w, b = self._folded(tr[6].weight, tr[6].bias, f"{name}.residual.6", mid, out.kept)
-        self._conv(f"{name}.residual.6", sr[6], w, b)
         if isinstance(sb.shortcut, nn.Identity):
             return
         if isinstance(tb.shortcut, nn.Identity):
-            eye = torch.eye(cur.teacher, dtype=tr[2].weight.dtype, device=tr[2].weight.device)
-            tw, tbias = eye[:, :, None, None, None], None
+            ref = tb.residual[2].weight
+            tw, tbias = (
+                torch.eye(cur.teacher, dtype=ref.dtype, device=ref.device)[:, :, None, None, None],
+                None,
+            )
         else:
             tw, tbias = tb.shortcut.weight, tb.shortcut.bias
+        # the shortcut reads the raw stream, which is exactly the first norm's input
         w, b = self._folded(tw, tbias, f"{name}.residual.0", cur, out.kept)  # (k_out, k_in, 1, 1, 1)
         sc = sb.shortcut
         if isinstance(sc, PointwiseConv3d):
@@ -332,10 +401,8 @@ class _WanPruner:
         else:
             fill_conv(sc, w.flatten(2).unsqueeze(-1), b)
 
-    def _attention(self, name: str, sites: tuple[_Site, ...]) -> None:
-        cur, v = sites
+    def _qkv(self, name: str, cur: _Site, v: _Site) -> None:
         ta, sa = self.teacher.get_submodule(name), self.student.get_submodule(name)
-        self._gamma(f"{name}.norm", sa.norm, cur)
         c, k = cur.teacher, cur.student
         w, b = self._folded(ta.to_qkv.weight, ta.to_qkv.bias, f"{name}.to_qkv", cur, torch.arange(3 * c))
         w, b = w.flatten(1).double(), b.double()
@@ -354,27 +421,29 @@ class _WanPruner:
         wv, bv = w[2 * c :][vk], b[2 * c :][vk]
         qkv_w = torch.cat([wq, wk, wv]).reshape(sa.to_qkv.weight.shape)
         fill_conv(sa.to_qkv, qkv_w, torch.cat([bq, bk, bv]))
+
+    def _proj(self, name: str, cur: _Site, v: _Site) -> None:
+        ta, sa = self.teacher.get_submodule(name), self.student.get_submodule(name)
         w, b = self._folded(ta.proj.weight, ta.proj.bias, f"{name}.proj", v, cur.kept)
         fill_conv(sa.proj, w, b)
 
-    def _upsample(self, name: str, sites: tuple[_Site, ...]) -> None:
-        cur, out = sites
+    def _time_conv(self, name: str, cur: _Site) -> None:
         tu, su = self.teacher.get_submodule(name), self.student.get_submodule(name)
-        if tu.time_conv is not None:
-            # the time conv's two output groups are frames 2i and 2i+1 in the SAME channel space as its
-            # input (the stream's first frame passes through unconverted), so both keep cur.kept
-            kept = cur.kept
-            rows = torch.cat([kept, kept + cur.teacher])
-            w, b = self._folded(tu.time_conv.weight, tu.time_conv.bias, name, cur, rows)
-            fill_conv(su.time_conv, w, b)
-        conv = tu.resample[1]
-        w, b = self._folded(conv.weight, conv.bias, f"{name}.resample.1", cur, out.kept)
-        fill_conv(su.resample[1], w, b)
+        if tu.time_conv is None:
+            return
+        # the time conv's two output groups are frames 2i and 2i+1 in the SAME channel space as its
+        # input (the stream's first frame passes through unconverted), so both keep cur.kept
+        rows = torch.cat([cur.kept, cur.kept + cur.teacher])
+        w, b = self._folded(tu.time_conv.weight, tu.time_conv.bias, name, cur, rows)
+        fill_conv(su.time_conv, w, b)
 
-    def _head(self, sites: tuple[_Site, ...]) -> None:
-        (cur,) = sites
+    def _resample(self, name: str, cur: _Site, out: _Site) -> None:
+        conv = self.teacher.get_submodule(name).resample[1]
+        w, b = self._folded(conv.weight, conv.bias, f"{name}.resample.1", cur, out.kept)
+        fill_conv(self.student.get_submodule(name).resample[1], w, b)
+
+    def _head_conv(self, cur: _Site) -> None:
         th, sh = self.teacher.decoder.head, self.student.decoder.head
-        self._gamma("decoder.head.0", sh[0], cur)
         rows = torch.arange(th[2].out_channels)
         w, b = self._folded(th[2].weight, th[2].bias, "decoder.head.2", cur, rows)
         self._conv("decoder.head.2", sh[2], w, b)
@@ -396,23 +465,29 @@ class _WanPruner:
             else {}
         )
         self._folds: dict[str, Fold] = {}
-        t, s = self.teacher.decoder, self.student.decoder
+        self.own: dict[str, torch.Tensor] = {}
+        self.own_patches: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         with torch.no_grad():
             self.student.conv2.load_state_dict(self.teacher.conv2.state_dict())
-        for name, sites in self.units:
-            if name == "decoder.conv1":
-                rows = sites[0].kept.to(t.conv1.weight.device)
-                fill_conv(s.conv1, t.conv1.weight[rows], t.conv1.bias[rows])
-            elif name == "decoder.head":
-                self._head(sites)
-            else:
-                module = self.teacher.get_submodule(name)
-                if isinstance(module, ResidualBlock3D):
-                    self._block(name, sites)
-                elif isinstance(module, FrameAttention):
-                    self._attention(name, sites)
-                else:
-                    self._upsample(name, sites)
+        steps = [step for name, sites in self.units for step in self._steps(name, sites)]
+        # one pass on the teacher's activations: every layer assumes the layers before it are exact
+        for _, fill in steps:
+            fill()
+        if cfg.sequential:
+            # then in forward order, each layer refitted on what the (already refitted) student before it
+            # really feeds it: same pixels as the teacher's samples, so the pairs line up
+            for reads, fill in steps:
+                if not reads:
+                    continue
+                self.own = collect_inputs(self.student, fit, reads, cfg.rows, cfg.seed, cfg.batch)
+                wanted = {n: self._own_request(n) for n in reads if n in self.patches}
+                self.own_patches = (
+                    collect_patches(self.student, fit, wanted, cfg.patch_rows, cfg.seed, cfg.batch)
+                    if wanted
+                    else {}
+                )
+                fill()
+            self.own, self.own_patches = {}, {}
         psnr = None
         if held is not None:
             psnr = psnr_db(
@@ -435,11 +510,16 @@ class _WanPruner:
             student=self.spec.name,
             selection=cfg.selection,
             fold=cfg.fold,
-            layers=lines + self.op_lines,
+            layers=lines + list(self.op_lines.values()),
             psnr_db=psnr,
             teacher_parameters=sum(p.numel() for p in self.teacher.parameters()),
             student_parameters=sum(p.numel() for p in self.student.parameters()),
         )
+
+    def _own_request(self, name: str) -> PatchRequest:
+        conv = self.student.get_submodule(name)
+        inner = getattr(conv, "pointwise_conv", conv)
+        return PatchRequest(torch.arange(inner.in_channels), torch.arange(inner.out_channels))
 
 
 def _split(calib: torch.Tensor, holdout: int) -> tuple[torch.Tensor, torch.Tensor | None]:
