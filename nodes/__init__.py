@@ -7,9 +7,9 @@ from comfy_api.latest import ComfyExtension, io
 from . import _glue
 from .decode import FlashVAEDDecode
 from .load import FlashVAEDLoad
+from .prune_distill import FlashVAEDPruneDistill
 
-# FlashVAEDPruneDistill joins this list when it exists.
-NODES: list[type[io.ComfyNode]] = [FlashVAEDLoad, FlashVAEDDecode]
+NODES: list[type[io.ComfyNode]] = [FlashVAEDLoad, FlashVAEDDecode, FlashVAEDPruneDistill]
 
 
 class FlashVAEDExtension(ComfyExtension):

@@ -1,0 +1,142 @@
+"""The ComfyUI side of Prune & Distill: the input and model folders, the teacher VAE's weights, freeing the
+diffusion model, progress and Cancel, the websocket loss messages, and the trained student as FLASH_VAED.
+
+The training is `flash_vaed.distill.job.run_job` (and through it the same `loop.run` as training/distill.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import folder_paths
+import torch
+from server import PromptServer
+
+from ..flash_vaed.decoder import FlashDecoder
+from ..flash_vaed.distill.job import (
+    DistillJob,
+    JobError,
+    JobResult,
+    data_folder,
+    folder_choices,
+    job_paths,
+    run_job,
+)
+from ..flash_vaed.distill_messages import EVENT, done_message, loss_message
+from ..flash_vaed.errors import FlashVAEDError
+from ..flash_vaed.presets import PRESETS
+from . import _glue
+
+log = logging.getLogger(__name__)
+
+NO_FOLDER = "(none)"  # the videos choice when the frames come from the images input
+
+
+def video_folder_names() -> list[str]:
+    """The folders in ComfyUI's input directory, then NO_FOLDER."""
+    return [*folder_choices(folder_paths.get_input_directory()), NO_FOLDER]
+
+
+def preset_names() -> list[str]:
+    """ "auto" (the official student layout of the teacher's family), then flash_vaed.presets."""
+    return ["auto", *PRESETS]
+
+
+def students_dir() -> Path:
+    """models/flash_vaed (the first folder of that name, where Load Flash-VAED looks first)."""
+    return Path(folder_paths.get_folder_paths(_glue.FOLDER)[0])
+
+
+def check_inputs(videos: str | None, output_name: str | None) -> bool | str:
+    """True, or what is wrong with a folder name or an output name (None: linked, checked when run)."""
+    try:
+        if output_name is not None:
+            job_paths(students_dir(), output_name)
+        if videos is not None and videos != NO_FOLDER:
+            data_folder(folder_paths.get_input_directory(), videos)
+    except FlashVAEDError as err:
+        return str(err)
+    return True
+
+
+def vae_weights(vae) -> Mapping[str, torch.Tensor]:
+    """The stock VAE's weights in its checkpoint's original key layout (what ComfyUI built it from)."""
+    if hasattr(vae, "flash"):  # our drop-in VAE (Load Flash-VAED): a student, not a teacher
+        raise JobError(
+            "teacher_vae is the VAE output of Load Flash-VAED (a Flash-VAED decoder); connect the original VAE "
+            "of your model from Load VAE"
+        )
+    return vae.first_stage_model.state_dict()
+
+
+def _sender(node_id: str):
+    server = PromptServer.instance
+
+    def send(message: dict) -> None:
+        server.send_sync(EVENT, message, server.client_id)
+
+    return send
+
+
+def _flash_model(decoder: FlashDecoder, name: str) -> _glue.FlashModel:
+    """The trained student as Load Flash-VAED would give it: offload device, ComfyUI's VAE dtype."""
+    load_device, offload_device = mm.vae_device(), mm.vae_offload_device()
+    dtype = _glue.pick_dtype("auto", decoder.family, load_device)
+    decoder.to(offload_device, dtype)
+    patcher = comfy.model_patcher.ModelPatcher(
+        _glue.FlashFirstStage(decoder), load_device=load_device, offload_device=offload_device
+    )
+    return _glue.FlashModel(decoder, patcher, name, dtype, {"layout": decoder.layout, "role": decoder.role})
+
+
+def summary(result: JobResult) -> str:
+    last = result.history[-1] if result.history else None
+    text = f"{result.student_path.name}: step {last['step'] if last else result.resumed_from}"
+    if result.resumed_from:
+        text += f" (resumed from {result.resumed_from})"
+    if last:
+        text += f", loss {last['loss']:.4f}"
+    mean = (result.report or {}).get("mean", {})
+    if "psnr_vs_teacher" in mean:
+        text += f", held-out PSNR vs teacher {mean['psnr_vs_teacher']:.2f} dB"
+    return text + f"; run folder {result.run_dir}"
+
+
+def distill(
+    vae,
+    videos: str,
+    images: torch.Tensor | None,
+    node_id: str,
+    **settings,
+) -> tuple[_glue.FlashModel, str, str]:
+    """Train a student of `vae` on the clips in input/<videos> (or the `images` frames), save it in
+    models/flash_vaed; returns (FLASH_VAED, file name, summary). settings: DistillJob's preset, steps, seed,
+    output_name, crop_px, clip_frames, resume."""
+    if images is None and videos == NO_FOLDER:
+        raise JobError(
+            "no training data: pick a folder of clips in videos, or connect a batch of frames to images"
+        )
+    if images is not None and videos != NO_FOLDER:
+        log.info("Prune & Distill: training on the images input; the videos folder %r is not used", videos)
+    folder = None if images is not None else data_folder(folder_paths.get_input_directory(), videos)
+    job = DistillJob(
+        students_dir(), data=folder, frames=images, device=str(mm.get_torch_device()), **settings
+    )
+    weights = vae_weights(vae)
+    mm.unload_all_models()  # the diffusion model (and every other) leaves the GPU for the training
+    mm.soft_empty_cache()
+    send = _sender(node_id)
+    result = run_job(
+        job,
+        weights,
+        on_progress=_glue.comfy_progress(),
+        on_losses=lambda *step: send(loss_message(node_id, *step)),
+    )
+    send(done_message(node_id, result.student_path.name))
+    model = _flash_model(result.student, result.student_path.name)
+    mm.soft_empty_cache()
+    return model, result.student_path.name, summary(result)
