@@ -54,8 +54,9 @@ def sample_rows(x: torch.Tensor, rows: int, generator: torch.Generator) -> torch
 @torch.no_grad()
 def run_decoder(module: nn.Module, latents: torch.Tensor, batch: int = 1) -> torch.Tensor:
     """Decode each clip whole with a fresh DecodeState. latents (N, C, T, H, W) raw -> video, float32."""
-    dtype = next(module.parameters()).dtype
-    return torch.cat([module(z.to(dtype), DecodeState(module)).float() for z in _batches(latents, batch)])
+    p = next(module.parameters())
+    clips = _batches(latents, batch)
+    return torch.cat([module(z.to(p.device, p.dtype), DecodeState(module)).float() for z in clips])
 
 
 @torch.no_grad()
