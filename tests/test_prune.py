@@ -65,8 +65,8 @@ def teacher() -> WanFamilyDecoder:
 
 @pytest.fixture(scope="module")
 def latents() -> torch.Tensor:
-    """Four clips (three to fit, one held out): 2 latent frames of 3x3 -> 5 frames of 24x24."""
-    return torch.randn(4, 16, 2, 3, 3, generator=torch.Generator().manual_seed(1))
+    """Four clips (three to fit, one held out): 2 latent frames of 2x2 -> 5 frames of 16x16."""
+    return torch.randn(4, 16, 2, 2, 2, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.fixture(scope="module")
