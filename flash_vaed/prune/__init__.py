@@ -12,7 +12,16 @@ where, and docs/pruning.md for why and how well).
 """
 
 from .calibrate import collect_inputs, collect_patches
-from .fold import Fold, fold_into_weight, fold_reconstruction, refit_norm_gamma, ridge_lstsq
+from .fold import (
+    Fold,
+    InputMap,
+    fit_input_map,
+    fold_into_weight,
+    fold_reconstruction,
+    map_into_weight,
+    refit_norm_gamma,
+    ridge_lstsq,
+)
 from .report import LayerReport, PruneReport, psnr_db
 from .select import filter_l1, select_by_magnitude, select_channels, select_random
 from .surgery import DepthwiseInit, init_depthwise, init_frame2d, replace_conv
@@ -21,6 +30,7 @@ from .wan import PruneConfig, build_student_from_teacher, prune_
 __all__ = [
     "DepthwiseInit",
     "Fold",
+    "InputMap",
     "LayerReport",
     "PruneConfig",
     "PruneReport",
@@ -28,10 +38,12 @@ __all__ = [
     "collect_inputs",
     "collect_patches",
     "filter_l1",
+    "fit_input_map",
     "fold_into_weight",
     "fold_reconstruction",
     "init_depthwise",
     "init_frame2d",
+    "map_into_weight",
     "prune_",
     "psnr_db",
     "refit_norm_gamma",
