@@ -51,13 +51,15 @@ def students_dir() -> Path:
     return Path(folder_paths.get_folder_paths(_glue.FOLDER)[0])
 
 
-def check_inputs(videos: str | None, output_name: str | None) -> bool | str:
-    """True, or what is wrong with a folder name or an output name (None: linked, checked when run)."""
+def check_folder(videos: str | None) -> bool | str:
+    """True, or why `videos` is not a folder in the input directory. None (no value, or a link, whose value
+    ComfyUI does not know while it validates) is refused: pick the folder on the node."""
+    if videos == NO_FOLDER:
+        return True
+    if not isinstance(videos, str):
+        return f"videos: no folder chosen ({videos!r}); pick a folder of clips in ComfyUI's input directory"
     try:
-        if output_name is not None:
-            job_paths(students_dir(), output_name)
-        if videos is not None and videos != NO_FOLDER:
-            data_folder(folder_paths.get_input_directory(), videos)
+        data_folder(folder_paths.get_input_directory(), videos)
     except FlashVAEDError as err:
         return str(err)
     return True
@@ -116,6 +118,7 @@ def distill(
     """Train a student of `vae` on the clips in input/<videos> (or the `images` frames), save it in
     models/flash_vaed; returns (FLASH_VAED, file name, summary). settings: DistillJob's preset, steps, seed,
     output_name, crop_px, clip_frames, resume."""
+    job_paths(students_dir(), settings["output_name"])  # a bad name fails before anything is loaded
     if images is None and videos == NO_FOLDER:
         raise JobError(
             "no training data: pick a folder of clips in videos, or connect a batch of frames to images"

@@ -87,8 +87,10 @@ class FlashVAEDPruneDistill(io.ComfyNode):
         )  # fmt: skip
 
     @classmethod
-    def validate_inputs(cls, videos: str | None = None, output_name: str | None = None) -> bool | str:
-        return glue.check_inputs(videos, output_name)
+    def validate_inputs(cls, videos: str | None = None) -> bool | str:
+        # only videos: ComfyUI 0.3.75 flags every argument of validate_inputs when it fails, and a missing
+        # folder must not mark output_name too (output_name is checked first thing when the node runs)
+        return glue.check_folder(videos)
 
     @classmethod
     def execute(

@@ -265,15 +265,22 @@ def test_a_folder_of_only_a_corrupt_file_is_a_clear_error(server):
 
 @pytest.mark.comfy
 @pytest.mark.parametrize(
-    ("field", "value", "says"),
-    [("output_name", "../escape", "not a plain file name"), ("output_name", "a/b", "not a plain file name"),
-     ("videos", "../models", "tries to leave"), ("videos", "missing", "is not a folder")],
-)  # fmt: skip
-def test_names_that_leave_their_folder_are_refused_before_running(server, field, value, says):
+    ("videos", "says"), [("../models", "tries to leave"), ("missing", "is not a folder")]
+)
+def test_a_videos_folder_outside_the_input_folder_is_refused_when_queued(server, videos, says):
     with pytest.raises(InvalidWorkflow) as info:
-        run_prompt(server.url, graph(distill("t_names", **{field: value})))
-    problems = "\n".join(info.value.problems)
-    assert NODE in problems and field in problems and says in problems
+        run_prompt(server.url, graph(distill("t_names", videos)))
+    (problem,) = [p for p in info.value.problems if NODE in p]
+    assert "videos" in problem and says in problem
+
+
+@pytest.mark.comfy
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden"])
+def test_an_output_name_that_is_no_plain_file_name_fails_before_training(server, name):
+    with pytest.raises(PromptFailed, match="is not a plain file name") as info:
+        run_prompt(server.url, graph(distill(name)))
+    assert NODE in str(info.value)
+    assert not any(p.suffix == ".safetensors" for p in server.students.parent.rglob("*escape*"))
 
 
 @pytest.mark.comfy
