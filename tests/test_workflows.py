@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import urllib.error
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,17 +30,30 @@ from harness.server import (
     to_api_prompt,
 )
 from support.frontend import browser_missing, open_frontend
+from support.tiny_clips import write_clips
 from support.tiny_models import write_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_DIR = REPO_ROOT / "workflows"
 WORKFLOWS = sorted(p.stem for p in WORKFLOW_DIR.glob("*.json"))
-EXPECTED = {"wan21_t2v", "wan21_i2v", "ltxv_t2v", "wan21_compare_decoders"}
+EXPECTED = {"wan21_t2v", "wan21_i2v", "ltxv_t2v", "wan21_compare_decoders", "wan21_prune_distill"}
 SAMPLERS = {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"}
 EMPTY_LATENTS = {"EmptyHunyuanLatentVideo", "EmptyLTXVLatentVideo", "EmptyHunyuanImageLatent"}
 SMALL = {"width": 64, "height": 64, "length": 9}  # Wan: 3 latent frames of 8x8; LTX: 2 of 2x2
 # Inputs naming files the test server does not have (diffusion models, text encoders, CLIP vision).
 MODEL_FILE_INPUTS = {"unet_name", "clip_name", "ckpt_name"}
+# The user's own training clips (a folder in input/ the test server lacks): the full workflow must not train.
+USER_DATA_INPUTS = {("FlashVAEDPruneDistill", "videos", "custom_validation_failed")}
+# Prune & Distill in a decode part: a few steps of the tiny student on tiny clips (input/TINY_CLIPS).
+TINY_CLIPS = "tiny_clips"
+TINY_DISTILL = {
+    "videos": TINY_CLIPS,
+    "preset": "tiny",
+    "steps": 2,
+    "crop_px": 32,
+    "clip_frames": 5,
+    "resume": False,
+}
 
 
 def load(name: str) -> dict:
@@ -53,6 +67,7 @@ def server(comfy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     models = write_models(run_dir.parent / f"{run_dir.name}-models")
     (run_dir / "input").mkdir()
     shutil.copy(comfy_root / "input" / "example.png", run_dir / "input" / "example.png")
+    write_clips(run_dir / "input" / TINY_CLIPS, count=2, frames=9, size=32)
     with comfy_server(comfy_root, nodes=[REPO_ROOT], models_dir=models, run_dir=run_dir) as url:
         yield url
 
@@ -77,9 +92,15 @@ def ui(server: str):
 
 
 def decode_part(prompt: dict, object_info: dict) -> dict:
-    """API prompt -> the same graph with each sampler's output replaced by a small latent, pruned to what the
+    """API prompt -> the same graph with each sampler's output replaced by a small latent (every empty latent
+    small), Prune & Distill training a tiny student for a few steps (under a new name), pruned to what the
     output nodes need."""
     p = copy.deepcopy(prompt)
+    for node in p.values():
+        if node["class_type"] in EMPTY_LATENTS:
+            node["inputs"].update(SMALL)
+        if node["class_type"] == "FlashVAEDPruneDistill":
+            node["inputs"].update(TINY_DISTILL, output_name=f"decode_part_{uuid.uuid4().hex[:8]}")
     next_id = max(int(k) for k in p) + 1
     for sid in [k for k, n in p.items() if n["class_type"] in SAMPLERS]:
         src_id, src_slot = p[sid]["inputs"]["latent_image"]
@@ -126,7 +147,8 @@ def check_decode_outputs(name: str, prompt: dict, entry: dict) -> None:
             (stats,) = outputs[nid]["flash_vaed_stats"]
             # 3 Wan latent frames -> 4 * 2 + 1 = 9; 2 LTX latent frames -> 8 * 1 + 1 = 9
             assert stats["frames"] == 9 and stats["size"] == [64, 64], stats
-    assert {r["filename"].rsplit(".", 1)[-1] for r in output_files(entry)} >= {"mp4"}, output_files(entry)
+    if any(node["class_type"] == "SaveVideo" for node in prompt.values()):
+        assert {r["filename"].rsplit(".", 1)[-1] for r in output_files(entry)} >= {"mp4"}, output_files(entry)
 
 
 def validation_errors(url: str, prompt: dict) -> list[tuple[str, str, str]]:
@@ -145,15 +167,17 @@ def validation_errors(url: str, prompt: dict) -> list[tuple[str, str, str]]:
 
 
 def only_missing_model_files(errors: list[tuple[str, str, str]]) -> bool:
+    """Every error names a model file (or the user's training clips) the test server does not have."""
     return bool(errors) and all(
-        inp in MODEL_FILE_INPUTS and kind == "value_not_in_list" for _, inp, kind in errors
+        (inp in MODEL_FILE_INPUTS and kind == "value_not_in_list") or (node, inp, kind) in USER_DATA_INPUTS
+        for node, inp, kind in errors
     )
 
 
 # ---- templates ---------------------------------------------------------------------------------------
 
 
-def test_the_four_workflows_are_shipped():
+def test_the_expected_workflows_are_shipped():
     assert set(WORKFLOWS) == EXPECTED
     assert not (REPO_ROOT / "example_workflows").exists(), (
         "ComfyUI 0.3.75 lists example_workflows/ AND workflows/: a second folder (or a link) shows every "
@@ -185,7 +209,7 @@ def test_workflow_is_valid_but_for_missing_model_files(server: str, name: str):
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_decode_part_runs_through_the_api(server: str, object_info: dict, name: str):
     prompt = decode_part(to_api_prompt(load(name), server), object_info)
-    assert {"FlashVAEDLoad"} <= {n["class_type"] for n in prompt.values()}
+    assert {"FlashVAEDLoad", "FlashVAEDPruneDistill"} & {n["class_type"] for n in prompt.values()}
     free_models(server)  # the workflows share nodes: a cached node reports no outputs
     entry = run_prompt(server, prompt, timeout_s=300)
     check_decode_outputs(name, prompt, entry)

@@ -303,11 +303,51 @@ def wan21_compare_decoders() -> tuple[dict, dict]:
     return graph, layout
 
 
+def wan21_prune_distill() -> tuple[dict, dict]:
+    graph = {
+        "1": {"class_type": "VAELoader", "inputs": {"vae_name": "wan_2.1_vae.safetensors"}, "_meta": {"title": "Load VAE (teacher)"}},
+        "2": {
+            "class_type": "FlashVAEDPruneDistill",
+            "inputs": {"teacher_vae": ["1", 0], "videos": "training_clips", "preset": "auto", "steps": 2000, "seed": 0,
+                       "output_name": "wan21_my_student", "crop_px": 128, "clip_frames": 17, "resume": False},
+        },
+        "3": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 256, "height": 256, "length": 17, "batch_size": 1}},
+        "4": {"class_type": "FlashVAEDDecode", "inputs": {"flash_vaed": ["2", 0], "samples": ["3", 0]} | FLASH_DECODE},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}, "_meta": {"title": "Student frames"}},
+        "6": _note(
+            "# Distil your own Flash-VAED student (Wan 2.1)\n\n"
+            "1. Put training clips (.mp4, .webm, animated .webp/.gif; at least 17 frames and 128 px) in "
+            "`ComfyUI/input/training_clips/`, then press R so **videos** lists the folder.\n"
+            "2. Run. The diffusion model is unloaded, the student is pruned from the Wan VAE and distilled; the "
+            "loss curve is drawn on the node. A useful student takes thousands of steps on a GPU (see "
+            "training/README.md); preset `tiny` with a few steps only checks that everything runs.\n"
+            "3. **Cancel** saves a checkpoint in `models/flash_vaed/runs/wan21_my_student/`; turn on "
+            "**resume** and run again to continue (steps may be raised).\n\n"
+            "The student is saved as `models/flash_vaed/wan21_my_student.safetensors`, which Load Flash-VAED "
+            "lists after R. Here Flash-VAED Decode decodes an empty latent with it, to show it runs: connect "
+            "your sampler's latent instead.\n\n"
+            "**Model files**\n\n* `models/vae/wan_2.1_vae.safetensors` (huggingface.co/Comfy-Org/"
+            "Wan_2.1_ComfyUI_repackaged)\n"
+        ),
+    }  # fmt: skip
+    layout = {
+        "columns": [["6"], ["1"], ["2"], ["3", "4"], ["5"]],
+        "sizes": {"6": [380, 460], "1": [320, 0], "3": [320, 0], "2": [360, 420], "4": [320, DECODE_H],
+                  "5": [360, 360]},
+        "groups": [
+            {"title": "Prune & Distill a student", "nodes": ["1", "2"], "color": FLASH_COLOR},
+            {"title": "Try the student", "nodes": ["3", "4", "5"], "color": FLASH_COLOR},
+        ],
+    }  # fmt: skip
+    return graph, layout
+
+
 WORKFLOWS = {
     "wan21_t2v": wan21_t2v,
     "wan21_i2v": wan21_i2v,
     "ltxv_t2v": ltxv_t2v,
     "wan21_compare_decoders": wan21_compare_decoders,
+    "wan21_prune_distill": wan21_prune_distill,
 }
 
 # Places the nodes column by column (sizes: [w, h], 0 keeps the computed size) and draws groups around them.
