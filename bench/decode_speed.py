@@ -19,8 +19,9 @@ values), so this runs offline without any model file:
             (`--stream-chunks`, one DecodeState carried across chunks).
 
 Runs are interleaved (each round decodes every decoder once, rotating the order) after warm-up decodes,
-so load from other processes hits all decoders alike; the median of the rounds is reported, and speed-ups
-are ratios of medians within one family. Memory per decode: CUDA `max_memory_allocated` minus what was
+so load from other processes hits all decoders alike. Speed-ups are within one family, three ways:
+ratio of medians (`speedup_vs_comfy`), ratio of best times (noise only ever adds time), and the median of
+per-round ratios (`_paired`: both decodes ran within one round, so slow drifts in load cancel). Memory per decode: CUDA `max_memory_allocated` minus what was
 allocated before the decode (so the weights of the other loaded decoders are not counted; `weights_mb`
 gives the decoder's own); CPU the increase of the process's peak RSS during the decode (VmHWM reset
 through /proc/self/clear_refs after malloc_trim, else a 1 ms RSS sampler) -- in-process and indicative,
@@ -312,7 +313,7 @@ class Entry:
     module: torch.nn.Module
     variants: list[str]
     chunk_frames: int | None = None
-    times: list[float] = field(default_factory=list)
+    times: dict[int, float] = field(default_factory=dict)  # round -> seconds
     peaks: list[int] = field(default_factory=list)
     error: str | None = None
     check: dict = field(default_factory=dict)
@@ -468,6 +469,9 @@ def build_entries(args, device: torch.device, dtype: torch.dtype) -> tuple[list[
         if args.presets:
             for i, (name, spec) in enumerate(extra_presets(Family.LTXV)):
                 ours(f"student-{name}", build_ours("student", spec, seed=20 + i), Family.LTXV)
+    if args.only:
+        # filtered after building: ComfyUI's models need the teacher's weights even when not timed
+        entries = [e for e in entries if any(part in e.name for part in args.only)]
     return entries, info
 
 
@@ -551,7 +555,7 @@ def run_bench(args) -> dict:
                 e.error = f"{type(err).__name__}: {err}"[:500]
                 log.error("%s failed in round %d: %s", e.name, r + 1, e.error)
                 continue
-            e.times.append(seconds)
+            e.times[r] = seconds
             if peak is not None:
                 e.peaks.append(peak)
         log.info("round %d/%d done", r + 1, args.repeats)
@@ -560,17 +564,29 @@ def run_bench(args) -> dict:
     return report(entries, args, device, dtype, info, memory, load_before)
 
 
-def report(entries, args, device, dtype, info, memory, load_before) -> dict:
-    medians = {e.name: statistics.median(e.times) for e in entries if e.times}
-    comfy = {e.family: medians.get(e.name) for e in entries if e.kind == "comfy"}
-    teacher = {
-        e.family: medians.get(e.name) for e in entries if e.kind == "teacher" and e.chunk_frames is None
+def ratios(ref: Entry | None, e: Entry) -> dict[str, float | None]:
+    """How many times faster `e` is than `ref`: ratio of medians, ratio of best times (noise only ever
+    adds time), and the median of per-round ratios (both ran within one round, so slow drifts in the
+    machine's load cancel)."""
+    if ref is None or not ref.times or not e.times:
+        return {"median": None, "best": None, "paired": None}
+    paired = [ref.times[r] / e.times[r] for r in e.times if r in ref.times]
+    return {
+        "median": statistics.median(ref.times.values()) / statistics.median(e.times.values()),
+        "best": min(ref.times.values()) / min(e.times.values()),
+        "paired": statistics.median(paired) if paired else None,
     }
-    whole = {e.layout: medians.get(e.name) for e in entries if e.chunk_frames is None}
+
+
+def report(entries, args, device, dtype, info, memory, load_before) -> dict:
+    comfy = {e.family: e for e in entries if e.kind == "comfy"}
+    teacher = {e.family: e for e in entries if e.kind == "teacher" and e.chunk_frames is None}
+    whole = {e.layout: e for e in entries if e.kind != "comfy" and e.chunk_frames is None}
     rows = []
     for e in entries:
         frames, h, w = video_of(e.family, e.latent)
-        med = medians.get(e.name)
+        med = statistics.median(e.times.values()) if e.times else None
+        vs_comfy, vs_teacher = ratios(comfy.get(e.family), e), ratios(teacher.get(e.family), e)
         row = {
             "name": e.name,
             "family": e.family.value,
@@ -583,16 +599,22 @@ def report(entries, args, device, dtype, info, memory, load_before) -> dict:
             "params_m": round(e.params / 1e6, 2),
             "weights_mb": round(e.weights_bytes / 2**20, 1),
             "seconds_median": med,
-            "seconds_all": e.times,
+            "seconds_min": min(e.times.values()) if e.times else None,
+            "seconds_all": [e.times[r] for r in sorted(e.times)],
             "fps": frames / med if med else None,
             "peak_mem_mb": round(max(e.peaks) / 2**20, 1) if e.peaks else None,
             "peak_mem_kind": memory.kind if memory is not None else None,
-            "speedup_vs_comfy": comfy[e.family] / med if med and comfy.get(e.family) else None,
-            "speedup_vs_teacher": teacher[e.family] / med if med and teacher.get(e.family) else None,
+            "speedup_vs_comfy": vs_comfy["median"],
+            "speedup_vs_comfy_best": vs_comfy["best"],
+            "speedup_vs_comfy_paired": vs_comfy["paired"],
+            "speedup_vs_teacher": vs_teacher["median"],
+            "speedup_vs_teacher_paired": vs_teacher["paired"],
             "error": e.error,
         }
-        if e.chunk_frames is not None and med and whole.get(e.layout):
-            row["streaming_slowdown_vs_whole"] = med / whole[e.layout] - 1.0
+        if e.chunk_frames is not None and e.layout in whole:
+            slow = ratios(e, whole[e.layout])  # streamed time / whole-clip time
+            row["streaming_slowdown_vs_whole"] = slow["median"] - 1.0 if slow["median"] else None
+            row["streaming_slowdown_vs_whole_paired"] = slow["paired"] - 1.0 if slow["paired"] else None
         if e.check:
             row["check_vs_comfy"] = e.check
         rows.append(row)
@@ -634,16 +656,19 @@ def markdown(result: dict, title: str | None = None) -> str:
         f"{_load(m['loadavg_after'])} after. ComfyUI: "
         f"{result['comfyui']['version'] if result.get('comfyui') else 'not run'}.",
         "",
-        "| decoder | latent | video (frames x H x W) | params M | median s | fps | x vs ComfyUI | "
-        "x vs teacher | peak mem MB* | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| decoder | latent | video (frames x H x W) | params M | median s | best s | fps | "
+        "x vs ComfyUI (median / best / paired) | x vs teacher | peak mem MB* | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["decoders"]:
         note = []
         if r["error"]:
             note.append(f"error: {r['error'][:80]}")
         if "streaming_slowdown_vs_whole" in r:
-            note.append(f"streaming {100 * r['streaming_slowdown_vs_whole']:+.1f}% vs whole clip")
+            note.append(
+                f"streaming {_pct(r['streaming_slowdown_vs_whole'])} vs whole clip "
+                f"(paired {_pct(r['streaming_slowdown_vs_whole_paired'])})"
+            )
         chk = r.get("check_vs_comfy")
         if chk and "max_abs_diff" in chk:
             note.append(f"max abs diff vs ComfyUI {chk['max_abs_diff']:.1e}")
@@ -652,8 +677,10 @@ def markdown(result: dict, title: str | None = None) -> str:
         f, h, w = r["video"]
         lines.append(
             f"| {r['name']} | {'x'.join(map(str, r['latent_shape']))} | {f}x{h}x{w} | {r['params_m']:.1f} | "
-            f"{_num(r['seconds_median'], 3)} | {_num(r['fps'], 2)} | {_num(r['speedup_vs_comfy'], 2, 'x')} | "
-            f"{_num(r['speedup_vs_teacher'], 2, 'x')} | {_num(r['peak_mem_mb'], 0)} | {'; '.join(note)} |"
+            f"{_num(r['seconds_median'], 3)} | {_num(r['seconds_min'], 3)} | {_num(r['fps'], 2)} | "
+            f"{_num(r['speedup_vs_comfy'], 2, 'x')} / {_num(r['speedup_vs_comfy_best'], 2, 'x')} / "
+            f"{_num(r['speedup_vs_comfy_paired'], 2, 'x')} | {_num(r['speedup_vs_teacher'], 2, 'x')} | "
+            f"{_num(r['peak_mem_mb'], 0)} | {'; '.join(note)} |"
         )
     lines += ["", f"\\* {result['peak_mem_kind'] or 'not measured'}.", ""]
     return "\n".join(lines)
@@ -661,6 +688,10 @@ def markdown(result: dict, title: str | None = None) -> str:
 
 def _num(v, digits: int, suffix: str = "") -> str:
     return "-" if v is None else f"{v:.{digits}f}{suffix}"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:+.1f}%"
 
 
 def _load(v) -> str:
@@ -700,6 +731,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda s: [int(v) for v in s.split(",") if v.strip()],
         default=[1],
         help="also time the official Wan student streamed with these chunk_frames (default 1; '' for none)",
+    )
+    ap.add_argument(
+        "--only",
+        type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
+        help="time only decoders whose name contains one of these (comma-separated)",
     )
     ap.add_argument(
         "--no-presets", dest="presets", action="store_false", help="skip flash_vaed.presets layouts"
