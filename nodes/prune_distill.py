@@ -38,8 +38,8 @@ class FlashVAEDPruneDistill(io.ComfyNode):
                 io.Combo.Input(
                     "preset", options=glue.preset_names(), default="auto",
                     tooltip="Student layout. auto: the official Flash-VAED layout of the teacher's family "
-                            "(Wan 2.1 / LTX-Video); wan21-wide / -narrow: wider or narrower Wan students; "
-                            "tiny: a test-sized student (seconds on a CPU).",
+                            "(Wan 2.1 / LTX-Video); wan21-wide / -narrow: wider or narrower Wan 2.1 students; "
+                            "tiny: a test-sized student of any family (the only one for Wan 2.2 so far).",
                 ),
                 io.Int.Input(
                     "steps", default=2000, min=1, max=1_000_000,

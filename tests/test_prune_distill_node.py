@@ -290,6 +290,13 @@ def test_no_folder_and_no_images_says_what_to_connect(server):
 
 
 @pytest.mark.comfy
+def test_a_preset_of_another_family_names_the_ones_that_fit(server):
+    with pytest.raises(PromptFailed, match="pick one of auto, wan21-official, .*tiny") as info:
+        run_prompt(server.url, graph(distill("t_preset", preset="ltx-official")))
+    assert "LTX-Video student; the teacher is wan21" in str(info.value)
+
+
+@pytest.mark.comfy
 def test_an_image_batch_trains_instead_of_a_folder(server):
     # Load Image reads every frame of an animated WebP: a (9, 32, 32, 3) batch
     node = distill("t_images", "(none)", steps=2)

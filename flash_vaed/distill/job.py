@@ -27,11 +27,13 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from ..checkpoint.io import safe_child
+from ..checkpoint.io import from_state_dict, safe_child
+from ..checkpoint.load import plan_for
 from ..decoder import FlashDecoder
 from ..errors import FlashVAEDError
+from ..presets import PRESETS
 from . import data, schedule
-from .loop import RESUMABLE_CHANGES, DistillConfig, DistillError, run
+from .loop import RESUMABLE_CHANGES, DistillConfig, DistillError, resolve_spec, run
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +160,26 @@ def teacher_label(weights: Mapping[str, torch.Tensor]) -> str:
     return f"vae-sha256:{digest.hexdigest()[:16]}"
 
 
+def check_preset(preset: str, weights: Mapping[str, torch.Tensor]) -> None:
+    """Refuse a preset that has no student for the teacher's family, naming the ones that have (the
+    family comes from the key layout alone; nothing is built)."""
+    family = plan_for(from_state_dict(weights)).family
+    try:
+        resolve_spec(preset, family)
+    except DistillError as err:
+        fitting = []
+        for name in ("auto", *PRESETS):
+            try:
+                resolve_spec(name, family)
+            except DistillError:
+                continue
+            fitting.append(name)
+        raise JobError(
+            f"preset {preset!r} has no student for this {family.value} teacher ({err}); pick one of "
+            f"{', '.join(fitting)}"
+        ) from None
+
+
 # ---- data -----------------------------------------------------------------------------------------------
 
 
@@ -216,7 +238,7 @@ def job_config(job: DistillJob, data_dir: Path, run_dir: Path, teacher: str) -> 
         clip_frames=job.clip_frames,
         resume=job.resume,
         device=job.device,
-        log_every=max(1, job.steps // MAX_PLOT_POINTS),
+        log_every=-(-job.steps // MAX_PLOT_POINTS),  # ceil: at most MAX_PLOT_POINTS logged steps
     )
 
 
@@ -290,6 +312,7 @@ def run_job(
             "no training data: pick a folder of clips in videos, or connect a batch of frames to images"
         )
 
+    check_preset(job.preset, vae_state_dict)
     weights = teacher_weights(vae_state_dict)
     cfg = job_config(job, data_dir, run_dir, teacher_label(weights))
     if saved is not None:
