@@ -286,10 +286,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--latent", type=parse_shape, help="CxTxHxW: one clip length (T) at this size; sets --frames"
     )
-    ap.add_argument("--latent-hw", help="latent H x W (default: 30x52 = 240x416 on CPU, 90x160 = 720p on CUDA)")
+    ap.add_argument(
+        "--latent-hw", help="latent H x W (default: 30x52 = 240x416 on CPU, 90x160 = 720p on CUDA)"
+    )
     ap.add_argument("--frames", help="latent frame counts T to sweep (default: 1,2,4,8 CPU; 1,6,11,21 CUDA)")
     ap.add_argument("--chunks", default="1,2,4", help="streaming chunk_frames to compare with whole clip")
-    ap.add_argument("--tiles", help="tile sizes in px for the tile sweep (default: 128,256 CPU; 256,512 CUDA)")
+    ap.add_argument(
+        "--tiles", help="tile sizes in px for the tile sweep (default: 128,256 CPU; 256,512 CUDA)"
+    )
     ap.add_argument("--tile-frames", type=int, help="T of the tile sweep (default: the largest of --frames)")
     ap.add_argument("--overlap", type=int, help="tile overlap px (default: the engine's, tile/4)")
     ap.add_argument(

@@ -450,7 +450,8 @@ def build_entries(args, device: torch.device, dtype: torch.dtype) -> tuple[list[
         if comfy is not None:
             model = comfy_wan21(comfy[0], teacher)
             stock("comfyui-wan21", model, Family.WAN21, model.decoder)
-        ours("teacher-wan21", teacher, Family.WAN21)
+        name = "teacher-wan21" + (f"[chunk={args.teacher_chunk}]" if args.teacher_chunk else "")
+        ours(name, teacher, Family.WAN21, args.teacher_chunk)
         official = build_ours("student", DecoderSpec.flashvaed_wan21(), seed=1)
         ours("student-wan21-official", official, Family.WAN21)
         for chunk in args.stream_chunks:
@@ -485,6 +486,13 @@ def _timed(entry: Entry, z: torch.Tensor, device: torch.device, memory: PeakMemo
     seconds = time.perf_counter() - start
     peak = memory.stop() if memory is not None else None
     return out, seconds, peak
+
+
+def _release(device: torch.device) -> None:
+    # after an out-of-memory error the caching allocator still holds the failed decode's blocks: give them
+    # back so the decoders after it are measured on a clean device
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def compare_to_comfy(entries: list[Entry], outputs: dict[str, torch.Tensor]) -> None:
@@ -531,7 +539,7 @@ def run_bench(args) -> dict:
             for i in range(args.warmup):
                 out, seconds, _ = _timed(e, zs[e.family], device, None)
                 log.info("  warm-up %d: %.3f s", i + 1, seconds)
-                if i == 0 and e.kind in ("comfy", "teacher") and e.chunk_frames is None:
+                if i == 0 and e.kind in ("comfy", "teacher"):
                     outputs[e.name] = out.detach().float().cpu()
                 if not bool(torch.isfinite(out).all()):
                     log.warning(
@@ -541,6 +549,7 @@ def run_bench(args) -> dict:
         except Exception as err:  # a GPU OOM at 720p, say: record it and bench the others
             e.error = f"{type(err).__name__}: {err}"[:500]
             log.error("  %s failed: %s", e.name, e.error)
+            _release(device)
     compare_to_comfy(entries, outputs)
     outputs.clear()
 
@@ -554,6 +563,7 @@ def run_bench(args) -> dict:
             except Exception as err:
                 e.error = f"{type(err).__name__}: {err}"[:500]
                 log.error("%s failed in round %d: %s", e.name, r + 1, e.error)
+                _release(device)
                 continue
             e.times[r] = seconds
             if peak is not None:
@@ -580,7 +590,7 @@ def ratios(ref: Entry | None, e: Entry) -> dict[str, float | None]:
 
 def report(entries, args, device, dtype, info, memory, load_before) -> dict:
     comfy = {e.family: e for e in entries if e.kind == "comfy"}
-    teacher = {e.family: e for e in entries if e.kind == "teacher" and e.chunk_frames is None}
+    teacher = {e.family: e for e in entries if e.kind == "teacher"}
     whole = {e.layout: e for e in entries if e.kind != "comfy" and e.chunk_frames is None}
     rows = []
     for e in entries:
@@ -731,6 +741,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda s: [int(v) for v in s.split(",") if v.strip()],
         default=[1],
         help="also time the official Wan student streamed with these chunk_frames (default 1; '' for none)",
+    )
+    ap.add_argument(
+        "--teacher-chunk",
+        type=int,
+        help="stream our Wan teacher with this chunk_frames (ComfyUI decodes one latent frame at a time; "
+        "whole clip at 720p x 81 in fp32: ~29 GB per full-resolution activation, likely too much for 80 GB)",
     )
     ap.add_argument(
         "--only",
