@@ -80,4 +80,5 @@ class TileBlender:
         self.weight[ys, xs] += mask.to(self.weight.device)
 
     def result(self) -> torch.Tensor:
-        return self.out / self.weight.clamp_min(1e-12)
+        # in place: a second output-sized buffer would be 0.9 GB at 720p x 81 frames in float32
+        return self.out.div_(self.weight.clamp_min(1e-12))
