@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .engine.decode import DecodePlan, ProgressFn, run_decode
+from .engine.decode import DecodePlan, ProgressFn, frames_of_latents, run_decode
+from .engine.limits import check_output_fits
 from .engine.state import DecodeState
 from .engine.tiles import Tile
 from .latents import LatentNorm, check_latents
@@ -79,6 +80,7 @@ class FlashDecoder:
         noise_scale: float = LTX_DECODE_NOISE_SCALE,
         generator: torch.Generator | None = None,
         out_device: torch.device | str | None = None,
+        available_bytes: int | None = None,
     ) -> torch.Tensor:
         """Decode ComfyUI latents.
 
@@ -89,13 +91,22 @@ class FlashDecoder:
         on_progress(done, total): called after each chunk of each tile; raise from it to stop.
         timestep, noise_scale, generator: LTX 0.9.1+ only, ComfyUI's decode noise; noise_scale=0 is
                  deterministic, a seeded generator reproduces a seeded ComfyUI decode.
+        available_bytes: free memory on the output device (default: measured); a decode whose output
+                 alone exceeds it is refused with `OutputTooLargeError` before anything is allocated.
         Returns float32 (B, 3, T_out, H_out, W_out) in about [-1, 1] (not clamped).
         """
         check_latents(latents, self.family)
         plan = DecodePlan(chunk_frames, tile_px, overlap_px)
+        check_output_fits(self._output_shape(latents.shape), out_device or self.device, available_bytes)
         z = latents.to(device=self.device, dtype=torch.float32)
         region = self._region(z, timestep, noise_scale, generator)
         return run_decode(region, region.prepare(z), plan, on_progress, out_device=out_device or self.device)
+
+    def _output_shape(self, latent_shape: torch.Size) -> tuple[int, int, int, int, int]:
+        b, _, t, h, w = latent_shape
+        s = int(getattr(self.module, "space_stride", self.family.space_stride))
+        ts = int(getattr(self.module, "time_stride", self.family.time_stride))
+        return (b, 3, frames_of_latents(0, t, ts)[1], h * s, w * s)
 
     def _region(
         self, z: torch.Tensor, timestep: float, noise_scale: float, generator: torch.Generator | None
