@@ -6,6 +6,7 @@ pickle that asks for anything but tensors and plain containers is refused with a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -18,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, FlashVAEDError
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 TENSOR_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
@@ -210,25 +211,49 @@ def open_tensors(path: str | os.PathLike) -> TensorSource:
     return _open_safetensors(path)  # its error says what is wrong with the header
 
 
+class DiskFullError(FlashVAEDError, OSError):
+    """No space left in the folder a file was being written to (the previous file is intact)."""
+
+
 def atomic_save(
     tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
 ) -> Path:
-    """Write safetensors via a temp file in the same folder and os.replace: a crash leaves the old file."""
+    """Write safetensors via a temp file in the same folder and os.replace: a crash leaves the old file.
+
+    A full disk raises DiskFullError naming the folder; the temp file is removed, the old file kept.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
             tmp,
             metadata={k: str(v) for k, v in (metadata or {}).items()},
         )
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if _is_disk_full(err):
+            kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"disk full: no space left in {path.parent} while writing {path.name} ({kept}). Free some "
+                "space there or choose another output folder, then run again",
+                str(path.parent),
+            ) from err
         raise
     return path
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # safetensors' Rust writer reports an I/O error as a SafetensorError/OSError holding the OS message
+    return isinstance(err, (SafetensorError, OSError)) and "No space left on device" in str(err)
 
 
 def safe_child(root: str | os.PathLike, name: str) -> Path:
