@@ -1,0 +1,437 @@
+"""Bad input and faults a user can hit: each gets a clear error, and no file or state is lost.
+
+The table in docs/reliability.md maps every input/fault to its test, here or in the other test files.
+Everything is tiny and CPU-only; the kill -9 training run is marked slow.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from flash_vaed import CheckpointError, DecoderSpec, Family, FlashDecoder, LatentError, Op, load_decoder
+from flash_vaed.arch.wan import WanFamilyDecoder
+from flash_vaed.checkpoint import io
+from flash_vaed.checkpoint.io import DiskFullError, atomic_save
+from flash_vaed.checkpoint.load import save_student
+from flash_vaed.engine.decode import DecodePlan
+from flash_vaed.engine.limits import OutputTooLargeError, check_output_fits
+from flash_vaed.engine.retry import decode_with_fallback
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny convs on a shared 2-core machine run faster on one thread
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _student(seed: int = 0) -> FlashDecoder:
+    torch.manual_seed(seed)
+    module = WanFamilyDecoder(DecoderSpec.tiny(Family.WAN21, Op.FULL_3D, Op.FULL_3D)).eval()
+    return FlashDecoder(Family.WAN21, "student", module)
+
+
+def _z(t: int = 3, h: int = 4, w: int = 4, seed: int = 1) -> torch.Tensor:
+    return torch.randn(1, 16, t, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def student_file(tmp_path_factory) -> Path:
+    return Path(save_student(_student(), tmp_path_factory.mktemp("student") / "student.safetensors"))
+
+
+# ---- checkpoints: safetensors headers that lie -------------------------------------------------------
+
+
+def _raw_safetensors(path: Path, header: dict, data: bytes) -> Path:
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("header", "data"),
+    [
+        pytest.param(
+            {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 1000]}}, bytes(16), id="beyond"
+        ),
+        pytest.param(
+            {
+                "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]},
+            },
+            bytes(24),
+            id="overlap",
+        ),
+        pytest.param({"w": {"dtype": "F32", "shape": [100], "data_offsets": [0, 16]}}, bytes(16), id="shape"),
+        pytest.param(
+            {"w": {"dtype": "F32", "shape": [2**62, 4], "data_offsets": [0, 16]}}, bytes(16), id="huge"
+        ),
+    ],
+)
+def test_safetensors_header_that_lies_about_sizes_is_refused(tmp_path, header, data):
+    path = _raw_safetensors(tmp_path / "vae.safetensors", header, data)
+    with pytest.raises(CheckpointError, match=r"vae\.safetensors: not a readable safetensors file.*download"):
+        load_decoder(path)
+
+
+def test_safetensors_header_length_beyond_the_file_is_refused(tmp_path):
+    path = tmp_path / "vae.safetensors"
+    path.write_bytes(struct.pack("<Q", 2**40) + b'{"a": 1}')
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_decoder(path)
+
+
+# ---- checkpoints: VAEs of other models are named --------------------------------------------------------
+
+
+def _foreign(kind: str) -> dict[str, torch.Tensor]:
+    z = torch.zeros
+    if kind == "sd_ldm":
+        return {"decoder.conv_in.weight": z(512, 4, 3, 3), "decoder.mid.block_1.norm1.weight": z(512)}
+    if kind == "sdxl_diffusers":
+        return {
+            "decoder.conv_in.weight": z(512, 4, 3, 3),
+            "decoder.up_blocks.0.resnets.0.norm1.weight": z(512),
+        }
+    if kind == "flux_ldm":
+        return {"decoder.conv_in.weight": z(512, 16, 3, 3), "decoder.up.0.block.0.norm1.weight": z(512)}
+    if kind == "flux_diffusers":
+        return {
+            "decoder.conv_in.weight": z(512, 16, 3, 3),
+            "decoder.up_blocks.0.resnets.0.norm1.weight": z(512),
+        }
+    if kind == "hunyuan_ldm":  # ComfyUI's HunyuanVideo VAE: 3-D convs in the SD key layout
+        return {"decoder.conv_in.conv.weight": z(8, 16, 3, 3, 3), "decoder.mid.block_1.norm1.weight": z(8)}
+    if kind == "hunyuan_diffusers":
+        return {
+            "decoder.conv_in.conv.weight": z(8, 16, 3, 3, 3),
+            "decoder.up_blocks.0.resnets.0.norm1.weight": z(8),
+        }
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "named"),
+    [
+        ("sd_ldm", "SD 1.x / SDXL"),
+        ("sdxl_diffusers", "SD 1.x/SDXL"),
+        ("flux_ldm", "Flux / SD3"),
+        ("flux_diffusers", "Flux/SD3"),
+        ("hunyuan_ldm", "HunyuanVideo"),
+        ("hunyuan_diffusers", "HunyuanVideo"),
+    ],
+)
+def test_vae_of_another_model_is_refused_naming_it(tmp_path, kind, named):
+    path = tmp_path / "wan_2.1_vae.safetensors"  # the name says Wan; the keys say otherwise
+    save_file(_foreign(kind), path)
+    with pytest.raises(CheckpointError, match="wan_2.1_vae.safetensors") as info:
+        load_decoder(path)
+    assert named in str(info.value)
+
+
+# ---- checkpoints: fp8 weights -------------------------------------------------------------------------
+
+
+def test_fp8_file_loads_as_float32_and_decodes_close(student_file, tmp_path):
+    tensors = load_file(student_file)
+    with safe_open(str(student_file), framework="pt") as f:
+        meta = f.metadata()
+    path = tmp_path / "student_fp8.safetensors"
+    save_file({k: v.to(torch.float8_e4m3fn) for k, v in tensors.items()}, path, metadata=meta)
+    with safe_open(str(path), framework="pt") as f:
+        assert f.get_slice(next(iter(f.keys()))).get_dtype() == "F8_E4M3"
+    dec = load_decoder(path)
+    assert dec.dtype == torch.float32
+    z = _z()
+    ref, out = load_decoder(student_file).decode(z), dec.decode(z)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    err = (out - ref).abs().mean().item() / ref.abs().mean().item()
+    assert 0 < err < 0.2, f"mean relative error {err:.3f} of an fp8 file"
+
+
+# ---- checkpoints: fuzzing the loader --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fuzz_corpus(student_file, tmp_path_factory) -> dict[str, bytes]:
+    pth = tmp_path_factory.mktemp("fuzz") / "student.pth"
+    torch.save(load_file(student_file), pth)
+    return {".safetensors": student_file.read_bytes(), ".pth": pth.read_bytes()}
+
+
+_mutations = st.lists(
+    st.tuples(st.sampled_from(["flip", "cut", "insert", "zero_run"]), st.floats(0, 1), st.integers(0, 255)),
+    min_size=1,
+    max_size=4,
+)
+
+
+def _mutate(data: bytes, ops) -> bytes:
+    out = bytearray(data)
+    for op, where, byte in ops:
+        # mutations cluster at the start (headers, zip directory) as often as anywhere else
+        i = int(where**3 * max(len(out) - 1, 0)) if byte % 2 else int(where * max(len(out) - 1, 0))
+        if not out:
+            break
+        if op == "flip":
+            out[i] ^= 1 << (byte % 8)
+        elif op == "cut":
+            del out[i:]
+        elif op == "insert":
+            out[i:i] = bytes([byte]) * (1 + byte % 7)
+        else:
+            out[i : i + 1 + byte] = bytes(min(1 + byte, len(out) - i))
+    return bytes(out)
+
+
+@settings(
+    max_examples=60,
+    deadline=2000,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(suffix=st.sampled_from([".safetensors", ".pth"]), ops=_mutations)
+def test_fuzzed_checkpoints_raise_only_checkpoint_errors(fuzz_corpus, suffix, ops):
+    data = _mutate(fuzz_corpus[suffix], ops)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"student{suffix}"
+        path.write_bytes(data)
+        try:
+            dec = load_decoder(path)
+        except CheckpointError:
+            return
+        dec.decode(_z(t=1, h=2, w=2))  # a file that loads must also decode (damaged values are allowed)
+
+
+# ---- latents ------------------------------------------------------------------------------------------
+
+
+def test_inf_latents_are_refused_naming_the_count():
+    z = _z()
+    z[0, 0, 0, 0, :2] = float("inf")
+    with pytest.raises(LatentError, match="2 NaN/Inf"):
+        _student().decode(z)
+
+
+def test_integer_latents_are_refused():
+    with pytest.raises(LatentError, match="floating point.*torch.int64"):
+        _student().decode(torch.zeros(1, 16, 2, 2, 2, dtype=torch.int64))
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_half_precision_latents_decode_like_float32(dtype, tol):
+    dec, z = _student(), _z()
+    ref = dec.decode(z)
+    out = dec.decode(z.to(dtype))
+    assert out.dtype == torch.float32
+    assert (out - ref).abs().max().item() < tol * ref.abs().max().item() + tol
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_latents_on_another_device_are_moved():
+    dec, z = _student(), _z()
+    torch.testing.assert_close(dec.decode(z.cuda()), dec.decode(z), rtol=0, atol=1e-5)
+
+
+def test_an_output_larger_than_free_memory_is_refused_before_decoding():
+    dec, z = _student(), _z(t=3, h=4, w=4)
+    ran = []
+    dec.module.register_forward_pre_hook(lambda *a: ran.append(1))
+    needed = 4 * 3 * 9 * 32 * 32  # float32 (1, 3, 9, 32, 32): 4k+1 frames, 8x space
+    with pytest.raises(
+        OutputTooLargeError, match=r"needs 0\.1 MiB.*fewer frames.*smaller resolution"
+    ) as info:
+        dec.decode(z, chunk_frames=1, tile_px=16, available_bytes=needed - 1)
+    assert isinstance(info.value, MemoryError) and isinstance(info.value, LatentError)
+    assert "Smaller chunks or tiles do not shrink the output" in str(info.value)
+    assert not ran, "the decoder ran before the refusal"
+    assert dec.decode(z, available_bytes=needed).shape == (1, 3, 9, 32, 32)
+
+
+def test_a_huge_latent_is_refused_by_its_size_alone():
+    # a 1920x1080, 81-frame clip needs 1.9 GiB of float32 frames; with 1 GiB free it must be refused
+    shape = (1, 3, 81, 1080, 1920)
+    with pytest.raises(OutputTooLargeError, match=r"needs 370\.2 MiB.*256\.0 MiB is free on cpu"):
+        check_output_fits((1, 3, 81, 480, 832), "cpu", available=2**28)
+    with pytest.raises(OutputTooLargeError, match=r"1\.9 GiB.*81 frames of 1920x1080.*1\.0 GiB is free"):
+        check_output_fits(shape, "cpu", available=2**30)
+    assert check_output_fits(shape, "cpu", available=2**32) == 4 * 3 * 81 * 1080 * 1920
+
+
+def test_an_output_too_large_is_not_retried_as_out_of_memory():
+    dec, z = _student(), _z()
+    with pytest.raises(OutputTooLargeError):
+        decode_with_fallback(dec, z, DecodePlan(), available_bytes=10)
+
+
+# ---- decode faults --------------------------------------------------------------------------------------
+
+
+def test_two_threads_decoding_on_one_decoder_stay_independent():
+    dec = _student()
+    latents = [_z(t=5, h=4, w=6, seed=s) for s in (1, 2)]
+    sequential = [dec.decode(z, chunk_frames=2) for z in latents]
+    results: dict[int, torch.Tensor] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(2):
+                # progress sleeps so the two decodes interleave chunk by chunk
+                results[i] = dec.decode(
+                    latents[i], chunk_frames=1 + i, on_progress=lambda d, t: time.sleep(0.001)
+                )
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    for i in range(2):
+        torch.testing.assert_close(results[i], sequential[i], rtol=0, atol=1e-5)
+
+
+# ---- saving: a failed write keeps the previous file -------------------------------------------------------
+
+
+def _partial_writer(err: BaseException):
+    def save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise err
+
+    return save_file
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_a_failure_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = atomic_save({"w": torch.ones(3)}, tmp_path / "last.safetensors", {"step": "1"})
+    before = path.read_bytes()
+    monkeypatch.setattr(io, "save_file", _partial_writer(RuntimeError("writer crashed")))
+    with pytest.raises(RuntimeError, match="writer crashed"):
+        atomic_save({"w": torch.zeros(3)}, path, {"step": "2"})
+    assert path.read_bytes() == before and _leftovers(tmp_path) == []
+    with pytest.raises(KeyboardInterrupt):  # Ctrl+C mid-write too
+        monkeypatch.setattr(io, "save_file", _partial_writer(KeyboardInterrupt()))
+        save_student(_student(), path)
+    assert path.read_bytes() == before and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["writer", "replace"])
+def test_disk_full_names_the_folder_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where):
+    out = tmp_path / "run"
+    path = atomic_save({"w": torch.ones(3)}, out / "last.safetensors")
+    before = path.read_bytes()
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if where == "writer":
+        monkeypatch.setattr(io, "save_file", _partial_writer(full))
+    else:
+        monkeypatch.setattr(io.os, "replace", lambda a, b: (_ for _ in ()).throw(full))
+    with pytest.raises(
+        DiskFullError, match=rf"disk full: no space left in {out}.*previous file is unchanged"
+    ):
+        atomic_save({"w": torch.zeros(3)}, path)
+    assert path.read_bytes() == before and _leftovers(out) == []
+
+
+def test_disk_full_reported_by_the_safetensors_writer_is_recognised(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    monkeypatch.setattr(
+        io, "save_file", _partial_writer(SafetensorError("No space left on device (os error 28)"))
+    )
+    with pytest.raises(DiskFullError, match="nothing was written") as info:
+        atomic_save({"w": torch.ones(1)}, tmp_path / "new.safetensors")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- training: kill -9 mid-run, then --resume --------------------------------------------------------------
+
+
+def _clip(path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    base = (rng.random((40, 40, 3)) * 255).astype(np.uint8)
+    frames = [Image.fromarray(np.roll(base, 2 * t, axis=1)) for t in range(9)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=40, loop=0)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_then_resume_finishes_from_the_last_checkpoint(tmp_path):
+    from support.reference_weights import generate, load_manifest
+
+    save_file(generate(load_manifest("wan21_comfy_dim8")), tmp_path / "vae.safetensors")
+    teacher = _student()
+    teacher.role = "teacher"
+    save_student(teacher, tmp_path / "teacher.safetensors")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(4):
+        _clip(clips / f"clip{i}.gif", i)
+    out = tmp_path / "run"
+    steps = 40
+    argv = [
+        sys.executable,
+        str(REPO / "training" / "distill.py"),
+        *("--teacher", str(tmp_path / "teacher.safetensors"), "--encoder", str(tmp_path / "vae.safetensors")),
+        *("--data", str(clips), "--out", str(out), "--preset", "tiny", "--steps", str(steps)),
+        *("--clip-frames", "5", "--crop-px", "16", "--calib-batches", "1", "--checkpoint-every", "2"),
+        *("--no-evaluate", "--no-progress"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    state = out / "last.state.safetensors"
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert state.exists(), "no checkpoint within 120 s"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with safe_open(str(state), framework="pt") as f:  # the last complete checkpoint is readable
+        killed_at = int(f.metadata()["step"])
+    assert 2 <= killed_at < steps
+    done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with safe_open(str(state), framework="pt") as f:
+        meta = f.metadata()
+    assert int(meta["step"]) == steps and len(json.loads(meta["history"])) == steps
+    assert load_decoder(out / "student.safetensors").role == "student"
+    assert _leftovers(out) == []
