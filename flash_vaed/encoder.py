@@ -35,7 +35,15 @@ from torch import nn
 from .arch.ltx_encoder import V2_ENCODER_KEY, LTXTeacherEncoder
 from .arch.wan_encoder import WanEncoder
 from .checkpoint.io import TensorSource, from_state_dict, open_tensors
-from .checkpoint.load import LTX_STATS, META_FORMAT, Plan, _latent_norm, _materialize, unknown_layout_error
+from .checkpoint.load import (
+    LTX_STATS,
+    META_FORMAT,
+    Plan,
+    materialize,
+    read_latent_norm,
+    strip_model_prefix,
+    unknown_layout_error,
+)
 from .checkpoint.wan_keys import _resnet
 from .engine.decode import ProgressFn
 from .engine.state import DecodeState
@@ -237,13 +245,6 @@ def diffusers_wan_encoder_to_original(keys: list[str], wan22: bool) -> dict[str,
     return out
 
 
-def _strip_prefix(src: TensorSource) -> TensorSource:
-    for prefix in ("vae.", "first_stage_model."):
-        if any(k.startswith(prefix + "encoder.") for k in src.shapes):
-            return src.with_prefix_stripped(prefix)
-    return src
-
-
 def _wan_plan(src: TensorSource, layout: str) -> Plan:
     shapes = src.shapes
     wan22 = "encoder.downsamples.0.downsamples.0.residual.2.weight" in shapes
@@ -314,7 +315,7 @@ def plan_encoder(src: TensorSource) -> tuple[Plan, TensorSource]:
             f"{src.origin}: a Flash-VAED student holds a decoder only; load the teacher's "
             "VAE file (the one the student was distilled from) to encode."
         )
-    src = _strip_prefix(src)
+    src = strip_model_prefix(src, "encoder")
     keys = src.keys()
     if "encoder.middle.0.residual.0.gamma" in keys or "encoder.conv1.weight" in keys:
         return _wan_plan(src, ""), src
@@ -341,8 +342,8 @@ def build_encoder(
     src: TensorSource, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> FlashEncoder:
     plan, view = plan_encoder(src)
-    module = _materialize(plan, view).eval().requires_grad_(False).to(device=device, dtype=dtype)
-    norm = _latent_norm(plan, view)
+    module = materialize(plan, view).eval().requires_grad_(False).to(device=device, dtype=dtype)
+    norm = read_latent_norm(plan, view)
     if norm is not None:
         norm = LatentNorm(norm.mean.to(device), norm.std.to(device))
     info = {"origin": src.origin, "parameters": sum(p.numel() for p in module.parameters())}

@@ -32,21 +32,11 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..spec import Family
-from .ltx import ChannelLayerNorm, pad_time, pixel_norm
+from .ltx import COMFY_DECODER_BLOCKS, ChannelLayerNorm, pad_time, pixel_norm
 
 # Encoder block lists of ComfyUI's guessed configs (VideoVAE.guess_config), in run order.
-_V01_BLOCKS: list = [
-    ["res_x", 4],
-    ["compress_all", 1],
-    ["res_x_y", 1],
-    ["res_x", 3],
-    ["compress_all", 1],
-    ["res_x_y", 1],
-    ["res_x", 3],
-    ["compress_all", 1],
-    ["res_x", 3],
-    ["res_x", 4],
-]
+# versions 0 and 1 share the encoder, whose block list is the 0.9.0 decoder's in run order
+_V01_BLOCKS: list = COMFY_DECODER_BLOCKS[0]
 COMFY_ENCODER_BLOCKS: dict[int, list] = {
     0: _V01_BLOCKS,
     1: _V01_BLOCKS,

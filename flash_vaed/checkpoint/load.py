@@ -81,9 +81,11 @@ def _foreign_guess(keys: set[str], shapes: Mapping[str, tuple[int, ...]]) -> str
     return None
 
 
-def _strip_vae_prefix(src: TensorSource) -> TensorSource:
+def strip_model_prefix(src: TensorSource, part: str = "decoder") -> TensorSource:
+    """The VAE's own keys of an all-in-one checkpoint ('vae.' in LTX files, 'first_stage_model.' in SD-style
+    ones), found by where `part` ('decoder' or 'encoder') lives; other sources unchanged."""
     for prefix in ("vae.", "first_stage_model."):
-        if any(k.startswith(prefix + "decoder.") for k in src.shapes):
+        if any(k.startswith(f"{prefix}{part}.") for k in src.shapes):
             return src.with_prefix_stripped(prefix)
     return src
 
@@ -223,7 +225,7 @@ def plan_for(src: TensorSource) -> Plan:
     """Decide what `src` is. Raises CheckpointError naming the closest known layout otherwise."""
     if META_FORMAT in src.metadata:
         return _ours_plan(src)
-    src = _strip_vae_prefix(src)
+    src = strip_model_prefix(src)
     keys = src.keys()
     if "decoder.middle.0.residual.0.gamma" in keys:
         return _wan_plan(src, "wan")
@@ -263,7 +265,7 @@ def unknown_layout_error(src: TensorSource) -> CheckpointError:
 # ---- building --------------------------------------------------------------------------------
 
 
-def _materialize(plan: Plan, src: TensorSource) -> nn.Module:
+def materialize(plan: Plan, src: TensorSource) -> nn.Module:
     with torch.device("meta"):
         module = plan.build()
     expected = module.state_dict()
@@ -304,7 +306,7 @@ def _materialize(plan: Plan, src: TensorSource) -> nn.Module:
     return module
 
 
-def _latent_norm(plan: Plan, src: TensorSource) -> LatentNorm | None:
+def read_latent_norm(plan: Plan, src: TensorSource) -> LatentNorm | None:
     if plan.latent_norm_keys is None:
         return None
     mean_key, std_key = plan.latent_norm_keys
@@ -316,7 +318,7 @@ def build_decoder(
     src: TensorSource, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> FlashDecoder:
     plan = plan_for(src)
-    stripped = _strip_vae_prefix(src) if META_FORMAT not in src.metadata else src
+    stripped = strip_model_prefix(src) if META_FORMAT not in src.metadata else src
     if plan.layout.endswith("-diffusers") and plan.family is not Family.LTXV:
         keys = stripped.keys()
         stripped = stripped.renamed(
@@ -326,8 +328,8 @@ def build_decoder(
         from .ltx_keys import diffusers_ltx_to_original
 
         stripped = stripped.renamed(diffusers_ltx_to_original(stripped.keys(), stripped.shapes))
-    module = _materialize(plan, stripped).eval().requires_grad_(False).to(device=device, dtype=dtype)
-    norm = _latent_norm(plan, stripped)
+    module = materialize(plan, stripped).eval().requires_grad_(False).to(device=device, dtype=dtype)
+    norm = read_latent_norm(plan, stripped)
     if plan.family is Family.LTXV and norm is None:
         log.warning(
             "%s: no latent statistics in the file; decoding ComfyUI latents as raw latents", src.origin
