@@ -138,7 +138,7 @@ def _open_pickle(path: Path) -> TensorSource:
             f"tensors ({str(err).splitlines()[0][:200]}). Nothing from it was executed. Use a .safetensors "
             "version of this checkpoint, or re-save it as a plain state dict of tensors."
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+    except Exception as err:  # a damaged pickle fails in many ways (KeyError, IndexError, EOFError, ...)
         raise CheckpointError(
             f"{path.name}: not a readable PyTorch checkpoint ({str(err).splitlines()[0][:200]}). The file may "
             "be truncated or corrupt: download it again."
