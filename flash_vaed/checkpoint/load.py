@@ -208,15 +208,27 @@ def _ours_plan(src: TensorSource) -> Plan:
     arch = meta.get(META_ARCH, "wan")
     wanted = {k: k for k in src.shapes if not k.startswith("latent_norm.")}
     stats = ("latent_norm.mean", "latent_norm.std") if "latent_norm.mean" in src.shapes else None
+    if arch not in ("wan", "ltx"):
+        raise CheckpointError(f"{src.origin}: unknown Flash-VAED architecture {arch!r}")
+    try:
+        if arch == "wan":
+            spec = DecoderSpec.from_json(meta[META_SPEC])
+        else:
+            from ..arch.ltx_student import LTXStudentSpec
+
+            spec_ltx = LTXStudentSpec.from_json(meta[META_SPEC])
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
+        raise CheckpointError(
+            f"{src.origin}: its student description (metadata {META_SPEC!r}) is missing or damaged "
+            f"({str(err)[:200]}); the file is corrupt: export or download it again."
+        ) from err
     if arch == "wan":
-        spec = DecoderSpec.from_json(meta[META_SPEC])
         return Plan(
             f"flash-vaed:{spec.name}", family, "student", lambda: WanFamilyDecoder(spec), wanted, stats
         )
     if arch == "ltx":
-        from ..arch.ltx_student import LTXStudentDecoder, LTXStudentSpec
+        from ..arch.ltx_student import LTXStudentDecoder
 
-        spec_ltx = LTXStudentSpec.from_json(meta[META_SPEC])
         return Plan("flash-vaed:ltx", family, "student", lambda: LTXStudentDecoder(spec_ltx), wanted, stats)
     raise CheckpointError(f"{src.origin}: unknown Flash-VAED architecture {arch!r}")
 
@@ -266,8 +278,15 @@ def unknown_layout_error(src: TensorSource) -> CheckpointError:
 
 
 def materialize(plan: Plan, src: TensorSource) -> nn.Module:
-    with torch.device("meta"):
-        module = plan.build()
+    try:
+        with torch.device("meta"):
+            module = plan.build()
+    except (ValueError, TypeError, KeyError, RuntimeError, AssertionError, ZeroDivisionError) as err:
+        raise CheckpointError(
+            f"{src.origin}: looks like {plan.layout} but its description does not build a decoder "
+            f"({str(err).splitlines()[0][:200] if str(err) else type(err).__name__}); the file is corrupt "
+            "or from another version: nothing was loaded."
+        ) from err
     expected = module.state_dict()
     by_module_key = {mk: sk for sk, mk in plan.keys.items()}
     missing = [k for k in expected if k not in by_module_key]
