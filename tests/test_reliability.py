@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import signal
 import struct
 import subprocess
@@ -31,7 +32,7 @@ from flash_vaed import CheckpointError, DecoderSpec, Family, FlashDecoder, Laten
 from flash_vaed.arch.wan import WanFamilyDecoder
 from flash_vaed.checkpoint import io
 from flash_vaed.checkpoint.io import DiskFullError, atomic_save
-from flash_vaed.checkpoint.load import save_student
+from flash_vaed.checkpoint.load import META_SPEC, save_student
 from flash_vaed.engine.decode import DecodePlan
 from flash_vaed.engine.limits import OutputTooLargeError, check_output_fits
 from flash_vaed.engine.retry import decode_with_fallback
@@ -226,6 +227,35 @@ def test_fuzzed_checkpoints_raise_only_checkpoint_errors(fuzz_corpus, suffix, op
         except CheckpointError:
             return
         dec.decode(_z(t=1, h=2, w=2))  # a file that loads must also decode (damaged values are allowed)
+
+
+def test_a_seeded_sweep_of_mutations_raises_only_checkpoint_errors(fuzz_corpus, tmp_path):
+    # wider than the hypothesis run above; found a KeyError/IndexError from damaged pickles and a
+    # ValueError from damaged student metadata before they became CheckpointErrors
+    rng = random.Random(0)
+    for i in range(300):
+        suffix = rng.choice(sorted(fuzz_corpus))
+        ops = [
+            (rng.choice(["flip", "cut", "insert", "zero_run"]), rng.random(), rng.randrange(256))
+            for _ in range(rng.randint(1, 4))
+        ]
+        path = tmp_path / f"m{i}{suffix}"
+        path.write_bytes(_mutate(fuzz_corpus[suffix], ops))
+        try:
+            load_decoder(path)
+        except CheckpointError:
+            pass
+        path.unlink()
+
+
+@pytest.mark.parametrize("spec", ["{not json", '{"stages": [{"nonsense": 1}]}', "[]"])
+def test_damaged_student_metadata_is_a_checkpoint_error(student_file, tmp_path, spec):
+    with safe_open(str(student_file), framework="pt") as f:
+        meta = f.metadata()
+    path = tmp_path / "student.safetensors"
+    save_file(load_file(student_file), path, metadata={**meta, META_SPEC: spec})
+    with pytest.raises(CheckpointError, match="student description.*damaged"):
+        load_decoder(path)
 
 
 # ---- latents ------------------------------------------------------------------------------------------
