@@ -248,6 +248,17 @@ def test_a_seeded_sweep_of_mutations_raises_only_checkpoint_errors(fuzz_corpus, 
         path.unlink()
 
 
+@pytest.mark.parametrize(
+    "data", [pytest.param(b"\x80\x02h\x05.", id="KeyError"), pytest.param(b"\x80\x02a.", id="IndexError")]
+)
+def test_a_damaged_pickle_that_breaks_the_unpickler_is_a_checkpoint_error(tmp_path, data):
+    # the kinds of failure the fuzzing found: unpickling raised a bare KeyError / IndexError
+    path = tmp_path / "Wan2.1_VAE.pth"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_decoder(path)
+
+
 @pytest.mark.parametrize("spec", ["{not json", '{"stages": [{"nonsense": 1}]}', "[]"])
 def test_damaged_student_metadata_is_a_checkpoint_error(student_file, tmp_path, spec):
     with safe_open(str(student_file), framework="pt") as f:
