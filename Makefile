@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 ENV_ID := $(shell $(PYTHON) -c 'import sys; print(sys.prefix)' 2>/dev/null | cksum | cut -d' ' -f1)
 PIP_STAMP := .cache/pip-install-$(ENV_ID)
 
-.PHONY: install test test-all lint browser demo
+.PHONY: install install-test test test-all lint browser demo
 
 $(PIP_STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m pip install -e ".[test,dev]" -c constraints.txt
@@ -19,11 +19,15 @@ $(PIP_STAMP): pyproject.toml constraints.txt
 install: $(PIP_STAMP)
 	PYTHON=$(PYTHON) tests/harness/install.sh
 
+# the frontend tests drive Debian's chromium through playwright (apt needs root: CI and dev boxes are)
+install-test: install
+	PYTHON=$(PYTHON) tests/harness/install_browser.sh
+
 # The project's test command. Tests that need the real ComfyUI fail (not skip) when it is missing.
-test: install
+test: install-test
 	FLASH_VAED_REQUIRE_COMFY=1 $(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: install
+test-all: install-test
 	FLASH_VAED_REQUIRE_COMFY=1 $(PYTHON) -m pytest $(PYTEST_ARGS)
 
 lint: $(PIP_STAMP)
