@@ -22,8 +22,22 @@ LTX_DECODE_TIMESTEP = 0.05
 LTX_DECODE_NOISE_SCALE = 0.025
 
 
+class RunsOnModule:
+    """Device and dtype of a wrapper's `module` (decoders and encoders alike)."""
+
+    module: nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+
 @dataclass
-class FlashDecoder:
+class FlashDecoder(RunsOnModule):
     """A decoder ready to run.
 
     family:  the latent space it reads ("wan21" | "wan22" | "ltxv").
@@ -39,14 +53,6 @@ class FlashDecoder:
     latent_norm: LatentNorm | None = None
     layout: str = "unknown"
     info: dict = field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.module.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.module.parameters()).dtype
 
     @property
     def causal(self) -> bool:

@@ -22,7 +22,6 @@ fitting; `encode_images` always fits, like VAEEncode.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -39,12 +38,14 @@ from .checkpoint.load import (
     LTX_STATS,
     META_FORMAT,
     Plan,
+    ltx_metadata_config,
     materialize,
     read_latent_norm,
     strip_model_prefix,
     unknown_layout_error,
 )
 from .checkpoint.wan_keys import _resnet
+from .decoder import RunsOnModule
 from .engine.decode import ProgressFn
 from .engine.state import DecodeState
 from .errors import CheckpointError, FlashVAEDError
@@ -61,7 +62,7 @@ class FrameError(FlashVAEDError, ValueError):
 
 
 @dataclass
-class FlashEncoder:
+class FlashEncoder(RunsOnModule):
     """A teacher's encoder ready to run.
 
     family:  the latent space it writes ("wan21" | "wan22" | "ltxv").
@@ -75,14 +76,6 @@ class FlashEncoder:
     latent_norm: LatentNorm | None = None
     layout: str = "unknown"
     info: dict = field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.module.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.module.parameters()).dtype
 
     @property
     def time_stride(self) -> int:
@@ -268,13 +261,7 @@ def _wan_plan(src: TensorSource, layout: str) -> Plan:
 
 
 def _ltx_plan(src: TensorSource) -> Plan:
-    config = None
-    raw = src.metadata.get("config")
-    if raw:
-        try:
-            config = json.loads(raw).get("vae")
-        except (json.JSONDecodeError, AttributeError):
-            config = None
+    config = ltx_metadata_config(src)
     if not all(k in src.shapes for k in LTX_STATS):
         raise CheckpointError(
             f"{src.origin}: an LTX-Video VAE without per_channel_statistics (mean-of-means / std-of-means); "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..flash_vaed.engine.decode import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 from . import _glue
 from .sockets import FLASH_VAED
 
@@ -36,12 +37,12 @@ class FlashVAEDDecode(io.ComfyNode):
                             "LTX-Video: 8). Smaller uses less memory, the frames stay the same.",
                 ),
                 io.Int.Input(
-                    "tile_px", default=512, min=64, max=4096, step=32,
+                    "tile_px", default=DEFAULT_TILE_PX, min=64, max=4096, step=32,
                     tooltip="tiled: tile edge in output pixels. Smaller uses less memory; tiles are blended "
                             "across their overlap.",
                 ),
                 io.Int.Input(
-                    "overlap_px", default=64, min=0, max=1024, step=8,
+                    "overlap_px", default=DEFAULT_OVERLAP_PX, min=0, max=1024, step=8,
                     tooltip="tiled: pixels neighbouring tiles share and cross-fade over (hides seams).",
                 ),
             ],

@@ -83,3 +83,12 @@ def comfy_server(comfy_root: Path, tmp_path: Path) -> Iterator[Callable[..., str
             return stack.enter_context(server)
 
         yield start
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one CPU thread: tiny convs on a shared 2-core machine run several times faster so."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -27,13 +27,7 @@ from support.reference_weights import generate, load_manifest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny convs on a shared 2-core machine run several times faster on one thread
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- fixtures: a tiny teacher, a tiny Wan 2.1 VAE for the encoder, a few tiny clips ---------------

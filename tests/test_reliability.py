@@ -40,13 +40,7 @@ from flash_vaed.engine.retry import decode_with_fallback
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny convs on a shared 2-core machine run faster on one thread
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _student(seed: int = 0) -> FlashDecoder:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 from flash_vaed.distill_messages import EVENT, done_message, loss_message
 from harness.server import comfy_server, free_models, get_json
-from support.frontend import browser_missing, open_frontend
+from support.frontend import frontend_or_skip
 from support.tiny_models import write_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -135,12 +134,7 @@ def server(comfy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture(scope="module")
 def ui(server: str):
-    reason = browser_missing()
-    if reason:
-        if os.environ.get("FLASH_VAED_REQUIRE_COMFY", "") not in ("", "0"):
-            pytest.fail(f"{reason} (FLASH_VAED_REQUIRE_COMFY is set, so this is a failure)", pytrace=False)
-        pytest.skip(reason)
-    with open_frontend(server) as frontend:
+    with frontend_or_skip(server) as frontend:
         yield frontend
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import urllib.error
 import uuid
@@ -29,7 +28,7 @@ from harness.server import (
     run_prompt,
     to_api_prompt,
 )
-from support.frontend import browser_missing, open_frontend
+from support.frontend import frontend_or_skip
 from support.tiny_clips import write_clips
 from support.tiny_models import write_models
 
@@ -79,12 +78,7 @@ def object_info(server: str) -> dict:
 
 @pytest.fixture(scope="module")
 def ui(server: str):
-    reason = browser_missing()
-    if reason:
-        if os.environ.get("FLASH_VAED_REQUIRE_COMFY", "") not in ("", "0"):
-            pytest.fail(f"{reason} (FLASH_VAED_REQUIRE_COMFY is set, so this is a failure)", pytrace=False)
-        pytest.skip(reason)
-    with open_frontend(server) as frontend:
+    with frontend_or_skip(server) as frontend:
         yield frontend
 
 

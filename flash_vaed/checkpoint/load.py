@@ -137,6 +137,18 @@ def _wan_plan_from_shapes(src: TensorSource, layout: str) -> Plan:
     )
 
 
+def ltx_metadata_config(src: TensorSource) -> dict | None:
+    """The VAE config ComfyUI's checkpoint loaders read from safetensors metadata ('config' -> 'vae')."""
+    raw = src.metadata.get("config")
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw).get("vae")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def _ltx_teacher_plan(src: TensorSource, layout_suffix: str = "") -> Plan:
     from ..arch.ltx import LTXTeacherDecoder, ltx_version_from_keys
 
@@ -146,13 +158,7 @@ def _ltx_teacher_plan(src: TensorSource, layout_suffix: str = "") -> Plan:
         version = ltx_version_from_keys(src.keys(), src.shapes, like_comfyui=not layout_suffix)
     except ValueError as err:
         raise CheckpointError(f"{src.origin}: {err}") from err
-    config = None
-    raw = src.metadata.get("config")
-    if raw:
-        try:
-            config = json.loads(raw).get("vae")
-        except (json.JSONDecodeError, AttributeError):
-            config = None
+    config = ltx_metadata_config(src)
     # ComfyUI pads the decoder with reflect unless the file's config says otherwise; diffusers (whose
     # folders ComfyUI cannot load) pads with zeros, so a diffusers folder decodes as diffusers does
     padding = (config or {}).get("spatial_padding_mode", "zeros" if layout_suffix else "reflect")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -102,6 +103,21 @@ class Frontend:
 def _located(message) -> str:
     url = (message.location or {}).get("url")
     return f"{message.text} (at {url})" if url else message.text
+
+
+@contextlib.contextmanager
+def frontend_or_skip(url: str) -> Iterator[Frontend]:
+    """`open_frontend`, or skip the test when Chromium/playwright are missing (a failure under
+    FLASH_VAED_REQUIRE_COMFY=1, as for every test that needs the real ComfyUI)."""
+    import pytest
+
+    reason = browser_missing()
+    if reason:
+        if os.environ.get("FLASH_VAED_REQUIRE_COMFY", "") not in ("", "0"):
+            pytest.fail(f"{reason} (FLASH_VAED_REQUIRE_COMFY is set, so this is a failure)", pytrace=False)
+        pytest.skip(reason)
+    with open_frontend(url) as frontend:
+        yield frontend
 
 
 @contextlib.contextmanager
