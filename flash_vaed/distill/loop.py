@@ -261,12 +261,14 @@ def init_student(
         return student, f"file {how}"
     if how in ("auto", "prune"):
         # the pruning hook: channels are selected on the teacher's activations for the calibration latents
-        # and the dropped ones folded into the next convs (flash_vaed.prune, Wan family only)
+        # and the dropped ones folded into the next convs (flash_vaed.prune: Wan 2.1 family and LTX-Video)
         try:
             from ..prune import PruneConfig, build_student_from_teacher
 
             config = PruneConfig(holdout=1 if calib_latents.shape[0] > 1 else 0, seed=seed)
-            student, report = build_student_from_teacher(teacher, spec, calib_latents, config)
+            # pruning runs the bare modules, which take raw latents (LTX's LATENT is normalized)
+            raw = to_raw(teacher, calib_latents)
+            student, report = build_student_from_teacher(teacher, spec, raw, config)
         except (ImportError, TypeError, ValueError, NotImplementedError) as err:
             if how == "prune":
                 raise DistillError(f"init='prune' failed: {err}") from err

@@ -6,11 +6,21 @@
 
 Three pure steps, each usable alone: `select_channels` (which channels, from an activation matrix),
 `fold_reconstruction` + `fold_into_weight` (least squares folded into the next conv) and `replace_conv`
-(module surgery, with `init_depthwise` / `init_frame2d` for the cheaper operators). `prune_` and
-`build_student_from_teacher` chain them over a whole Wan-family decoder (see wan.py for what is pruned
-where, and docs/pruning.md for why and how well).
+(module surgery, with `init_depthwise` / `init_frame2d` for the cheaper operators).
+`build_student_from_teacher` chains them over a whole decoder, Wan family (wan.py) or LTX-Video (ltx.py,
+into an `LTXStudentSpec`); `prune_` does it in place, Wan family only. Those modules say what is pruned
+where, docs/pruning.md why and how well.
 """
 
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..arch.ltx import LTXTeacherDecoder
+from ..arch.ltx_student import LTXStudentSpec
+from ..decoder import FlashDecoder
+from ..spec import DecoderSpec
 from .calibrate import collect_inputs, collect_patches
 from .fold import (
     Fold,
@@ -22,12 +32,16 @@ from .fold import (
     refit_norm_gamma,
     ridge_lstsq,
 )
+from .ltx import build_ltx_student
 from .report import LayerReport, PruneReport, psnr_db
 from .select import filter_l1, select_by_magnitude, select_channels, select_random
 from .surgery import DepthwiseInit, init_depthwise, init_frame2d, replace_conv
-from .wan import PruneConfig, build_student_from_teacher, prune_
+from .wan import PruneConfig, prune_
+from .wan import build_student_from_teacher as build_wan_student
 
 __all__ = [
+    "build_ltx_student",
+    "build_wan_student",
     "DepthwiseInit",
     "Fold",
     "InputMap",
@@ -53,3 +67,20 @@ __all__ = [
     "select_channels",
     "select_random",
 ]
+
+
+def build_student_from_teacher(
+    teacher_decoder: FlashDecoder | nn.Module,
+    target_spec: DecoderSpec | LTXStudentSpec,
+    calib_latents: torch.Tensor,
+    config: PruneConfig | None = None,
+) -> tuple[FlashDecoder, PruneReport]:
+    """A new student of `target_spec` initialised from the teacher: `build_ltx_student` for an LTX-Video
+    teacher or an `LTXStudentSpec` (a mismatched pair raises TypeError there), else `build_wan_student`.
+
+    calib_latents: (N, C, T, H, W) RAW latents of the teacher's family. Returns (student FlashDecoder,
+    PruneReport); the teacher is not modified."""
+    teacher = getattr(teacher_decoder, "module", teacher_decoder)
+    if isinstance(target_spec, LTXStudentSpec) or isinstance(teacher, LTXTeacherDecoder):
+        return build_ltx_student(teacher_decoder, target_spec, calib_latents, config)
+    return build_wan_student(teacher_decoder, target_spec, calib_latents, config)
