@@ -218,17 +218,35 @@ def upsample_weight(up: DepthToSpaceUp) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---- calibration taps -----------------------------------------------------------------------------
 
-# what a tap hands over: probe name, the consumer's pre-norm source, its input, its output
-Record = Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+@dataclass(frozen=True)
+class Tap:
+    """What one probed teacher conv saw during a calibration decode (whole tensors, (B, C, T, H, W)).
+
+    view:   the pre-norm tensor as the student will see it, in the one-shot assumption that every student
+            module upstream reproduces its teacher module: for a stream consumer, the output of the last
+            teacher module that has a student counterpart. It differs from `source` only after dropped
+            teacher resnets.
+    source: the teacher's actual pre-norm tensor (the stream, or conv1's output for conv2).
+    inputs: the conv's input (after the teacher's norm, modulation and SiLU; the raw stream for upsamples).
+    out:    the conv's output.
+    """
+
+    view: torch.Tensor
+    source: torch.Tensor
+    inputs: torch.Tensor
+    out: torch.Tensor
 
 
 @contextmanager
-def _taps(teacher: LTXTeacherDecoder, pairs: list[Pair], record: Record) -> Iterator[None]:
-    """Hooks that hand `record` every probed conv's pre-norm tensor, input and output during a decode.
+def _taps(
+    teacher: LTXTeacherDecoder, pairs: list[Pair], record: Callable[[str, Tap], None]
+) -> Iterator[None]:
+    """Hooks that hand `record(probe, Tap)` for every probed conv during a teacher decode.
 
-    Probes: "<resnet>.conv1" (pre-norm: the resnet's input), "<resnet>.conv2" (pre-norm: conv1's output;
-    injected noise is zero in calibration), "<upsample>.conv" (its raw input is its pre-norm) and
-    "decoder.conv_out" (pre-norm: the final stream)."""
+    Probes: "<resnet>.conv1" (source: the resnet's input), "<resnet>.conv2" (source: conv1's output;
+    injected noise is zero in calibration), "<upsample>.conv" (source: its raw input) and
+    "decoder.conv_out" (source: the final stream)."""
     stash: dict[str, torch.Tensor] = {}
     handles = []
 
@@ -244,9 +262,10 @@ def _taps(teacher: LTXTeacherDecoder, pairs: list[Pair], record: Record) -> Iter
 
         return hook
 
-    def probe(name: str, pre_key: str | None):
+    def probe(name: str, view_key: str, source_key: str | None):
         def hook(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            record(name, args[0] if pre_key is None else stash[pre_key], args[0], out)
+            source = args[0] if source_key is None else stash[source_key]
+            record(name, Tap(stash[view_key], source, args[0], out))
 
         return hook
 
@@ -254,19 +273,22 @@ def _taps(teacher: LTXTeacherDecoder, pairs: list[Pair], record: Record) -> Iter
         handles.append(module.register_forward_pre_hook(hook) if pre else module.register_forward_hook(hook))
 
     try:
+        body = teacher.decoder
+        add(body.conv_in, keep_output("view"))
         for pair in pairs:
             block = teacher.get_submodule(pair.teacher)
             if pair.kind == "up":
-                add(block.conv, probe(f"{pair.teacher}.conv", None))
-                continue
-            add(block, keep_input(pair.teacher), pre=True)
-            add(block.conv1, keep_output(f"{pair.teacher}.conv1"))
-            add(block.conv1, probe(f"{pair.teacher}.conv1", pair.teacher))
-            add(block.conv2, probe(f"{pair.teacher}.conv2", f"{pair.teacher}.conv1"))
-        body = teacher.decoder
+                add(block.conv, probe(f"{pair.teacher}.conv", "view", None))
+            else:
+                add(block, keep_input(pair.teacher), pre=True)
+                add(block.conv1, keep_output(f"{pair.teacher}.conv1"))
+                add(block.conv1, probe(f"{pair.teacher}.conv1", "view", pair.teacher))
+                mid = f"{pair.teacher}.conv1"
+                add(block.conv2, probe(f"{pair.teacher}.conv2", mid, mid))
+            add(block, keep_output("view"))  # registered last: runs after the probes inside the block
         final = body.up_blocks[-1] if len(body.up_blocks) else body.conv_in
         add(final, keep_output("final"))
-        add(body.conv_out, probe("decoder.conv_out", "final"))
+        add(body.conv_out, probe("decoder.conv_out", "view", "final"))
         yield
     finally:
         for h in handles:
@@ -310,12 +332,16 @@ def _student_patches(
     return torch.stack(taps, dim=-1).float()
 
 
-@dataclass
-class _Sample:
-    """Calibration rows of one probe at the same pixels: pre-norm source and the consumer's input."""
+@dataclass(frozen=True)
+class Rows:
+    """Calibration rows of one probe at the same pixels, each (rows, C) float32 (see `Tap`).
 
-    pre: list[torch.Tensor] = field(default_factory=list)
-    inputs: list[torch.Tensor] = field(default_factory=list)
+    exact: the view was the source at every record (no dropped teacher resnet upstream)."""
+
+    view: torch.Tensor
+    source: torch.Tensor
+    inputs: torch.Tensor
+    exact: bool
 
 
 @dataclass(frozen=True)
@@ -448,24 +474,29 @@ class _LTXPruner:
 
     # ---- calibration ---------------------------------------------------------------------------
 
-    def _calibrate_rows(self, latents: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{probe: (pre-norm rows, input rows)}, each (rows, C) float32 at the same pixels."""
+    def _calibrate_rows(self, latents: torch.Tensor) -> dict[str, Rows]:
         clips = latents.split(max(1, self.cfg.batch))
         quota = math.ceil(self.cfg.rows / len(clips))
         gens: dict[str, torch.Generator] = {}
-        got: dict[str, _Sample] = {}
+        got: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]] = {}
 
-        def record(name: str, pre: torch.Tensor, inputs: torch.Tensor, out: torch.Tensor) -> None:
-            gen = gens.setdefault(name, _generator(self.cfg.seed, name))
-            index = _positions(out, quota, gen)
-            sample = got.setdefault(name, _Sample())
-            sample.pre.append(_rows(pre, index))
-            sample.inputs.append(sample.pre[-1] if inputs is pre else _rows(inputs, index))
+        def record(name: str, tap: Tap) -> None:
+            index = _positions(tap.out, quota, gens.setdefault(name, _generator(self.cfg.seed, name)))
+            source = _rows(tap.source, index)
+            # aliases where the tensors are the same one: most probes, and memory is the limit at full width
+            view = source if tap.view is tap.source else _rows(tap.view, index)
+            inputs = source if tap.inputs is tap.source else _rows(tap.inputs, index)
+            got.setdefault(name, []).append((view, source, inputs, tap.view is tap.source))
 
         with _taps(self.teacher, self.pairs, record):
             run_ltx_decoder(self.teacher, latents, self.cfg.batch)
-        rows = self.cfg.rows
-        return {n: (torch.cat(s.pre)[:rows], torch.cat(s.inputs)[:rows]) for n, s in got.items()}
+        n = self.cfg.rows
+        return {
+            name: Rows(
+                *(torch.cat([part[i] for part in parts])[:n] for i in range(3)), all(p[3] for p in parts)
+            )
+            for name, parts in got.items()
+        }
 
     def _calibrate_patches(
         self, latents: torch.Tensor, requests: dict[str, _PatchRequest]
@@ -476,13 +507,13 @@ class _LTXPruner:
         gens: dict[str, torch.Generator] = {}
         got: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
-        def record(name: str, pre: torch.Tensor, _inputs: torch.Tensor, out: torch.Tensor) -> None:
+        def record(name: str, tap: Tap) -> None:
             req = requests.get(name)
             if req is None:
                 return
-            index = _positions(out, quota, gens.setdefault(name, _generator(self.cfg.seed + 1, name)))
-            patches = _student_input(_student_patches(pre, req.kept_in, index, req.op))
-            got.setdefault(name, []).append((patches, _rows(out, index, req.kept_out)))
+            index = _positions(tap.out, quota, gens.setdefault(name, _generator(self.cfg.seed + 1, name)))
+            patches = _student_input(_student_patches(tap.view, req.kept_in, index, req.op))
+            got.setdefault(name, []).append((patches, _rows(tap.out, index, req.kept_out)))
 
         with _taps(self.teacher, self.pairs, record):
             run_ltx_decoder(self.teacher, latents, self.cfg.batch)
@@ -509,8 +540,8 @@ class _LTXPruner:
 
     def _consumer_acts(self, probe: str) -> torch.Tensor:
         if probe.endswith(".stream"):
-            return self.rows[probe.removesuffix(".stream") + ".conv1"][0]
-        return self.rows[probe][1]
+            return self.rows[probe.removesuffix(".stream") + ".conv1"].source
+        return self.rows[probe].inputs
 
     def _select(self, site: _Site) -> torch.Tensor:
         if site.student == site.teacher:
@@ -534,14 +565,12 @@ class _LTXPruner:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A conv that reads SiLU(norm(src)), with its inputs mapped from what the student computes on
         src.kept to what the teacher computes on all of src, and its output rows cut to `rows`."""
-        pre, inputs = self.rows[probe]
-        if src.student == src.teacher and not self.teacher.timestep_conditioned:
-            imap = InputMap.from_fold(Fold.drop(inputs, src.kept))  # same norm, same input: nothing to fit
-        elif self.cfg.fold:
-            student_in = _student_input(pre[:, src.kept])
-            imap = fit_input_map(student_in, inputs, self.cfg.ridge)
+        r = self.rows[probe]
+        same_input = src.student == src.teacher and r.exact and not self.teacher.timestep_conditioned
+        if self.cfg.fold and not same_input:
+            imap = fit_input_map(_student_input(r.view[:, src.kept]), r.inputs, self.cfg.ridge)
         else:
-            imap = InputMap.from_fold(Fold.drop(inputs, src.kept))
+            imap = InputMap.from_fold(Fold.drop(r.inputs, src.kept))
         src.errors.append(imap.error)
         w, b = map_into_weight(weight, bias, imap)
         rows = rows.to(w.device)
@@ -584,7 +613,8 @@ class _LTXPruner:
 
     def _shortcut(self, pair: Pair, tb: TeacherResBlock, sb: StudentResBlock, cur: _Site, out: _Site) -> None:
         """The student's LayerNorm + 1x1 conv, fitted to the teacher's shortcut output on the kept channels."""
-        stream = self.rows[f"{pair.teacher}.conv1"][0].to(sb.norm3.weight)
+        r = self.rows[f"{pair.teacher}.conv1"]
+        stream, view = r.source.to(sb.norm3.weight), r.view.to(sb.norm3.weight)
         kin, kout = cur.kept.to(stream.device), out.kept.to(stream.device)
         with torch.no_grad():
             if tb.reshapes:
@@ -599,7 +629,7 @@ class _LTXPruner:
                 target = stream[:, kout]
                 prior = (kin[:, None] == kout[None, :]).to(stream)  # the identity, on channels both keep
                 prior_bias = torch.zeros(len(kout)).to(stream)
-            features = sb.norm3(stream[:, kin])
+            features = sb.norm3(view[:, kin])
         if self.cfg.fold:
             a, bias = ridge_lstsq(features, target, self.cfg.ridge, prior=prior)
         else:
@@ -623,16 +653,19 @@ class _LTXPruner:
     def _upsample(self, pair: Pair, cur: _Site, out: _Site) -> None:
         tu: DepthToSpaceUp = self.teacher.get_submodule(pair.teacher)
         su: DepthToSpaceUp = self.student.get_submodule(pair.student)
-        inputs = self.rows[f"{pair.teacher}.conv"][1]
-        # the upsample reads the raw stream: the student's input is a column subset of the teacher's
-        fold = (
-            fold_reconstruction(inputs, cur.kept, self.cfg.ridge)
-            if self.cfg.fold
-            else Fold.drop(inputs, cur.kept)
-        )
-        cur.errors.append(fold.error)
+        r = self.rows[f"{pair.teacher}.conv"]
         weight, bias = upsample_weight(tu)
-        w, b = fold_into_weight(weight, bias, fold)
+        if not self.cfg.fold:
+            fold = Fold.drop(r.inputs, cur.kept)
+            w, b, err = *fold_into_weight(weight, bias, fold), fold.error
+        elif r.exact:
+            # the upsample reads the raw stream: the student's input is a column subset of the teacher's
+            fold = fold_reconstruction(r.inputs, cur.kept, self.cfg.ridge)
+            w, b, err = *fold_into_weight(weight, bias, fold), fold.error
+        else:  # after dropped resnets: map what the student has to what the teacher's upsample reads
+            imap = fit_input_map(r.view[:, cur.kept], r.inputs, self.cfg.ridge)
+            w, b, err = *map_into_weight(weight, bias, imap), imap.error
+        cur.errors.append(err)
         groups = math.prod(tu.stride)
         rows = (out.kept[:, None] * groups + torch.arange(groups)).flatten().to(w.device)
         fill_conv(su.conv.conv, w[rows], b[rows])
