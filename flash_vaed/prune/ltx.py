@@ -7,8 +7,10 @@ What is pruned where (docs/pruning.md, "LTX-Video", has the reasoning and measur
   resnets) and cut at the upsamples into segments. The segments pair up one to one; inside a segment the
   student's resnets take the teacher's in order. A student segment with fewer resnets takes the teacher's
   width-changing resnet (it must) and the first others; the teacher resnets left over are dropped, i.e.
-  treated as the identity they are closest to (resnets are residual). More student resnets than teacher
-  ones, a different number of upsamples or a student wider than the teacher raise.
+  treated as the identity they are closest to (resnets are residual), and the consumers after them are
+  fitted from the stream the student will have there (`Tap.view`) to what the teacher's read. More
+  student resnets than teacher ones, a different number of upsamples or a student wider than the teacher
+  raise.
 - Channels live in *sites*, as in wan.py: the residual stream along a run of student resnets with an
   identity shortcut, the inside of every resnet (after conv1), the output of every upsample. A site keeps
   `select_channels` of all its consumers' teacher inputs, stacked.
@@ -17,8 +19,9 @@ What is pruned where (docs/pruning.md, "LTX-Video", has the reasoning and measur
   followed by AdaLN at the decode timestep. So a norm-fed consumer (conv1, conv2, conv_out) does not see a
   column subset of the teacher's input: its weights come from `fit_input_map`, the least-squares map from
   what the student computes (SiLU of the RMS norm of the kept channels) to the teacher conv's input, at
-  the same calibration pixels. It is the fold (`fold_reconstruction`) generalised, and equals it when the
-  two inputs agree. Upsample convs read the raw stream and get the plain fold.
+  the same calibration pixels: the fold (`fold_reconstruction`) generalised. Where the two inputs agree
+  (full width, no modulation) the teacher's weights are kept. Upsample convs read the raw stream and get
+  the plain fold.
 - Shortcuts: the student's LayerNorm + 1x1 conv is fitted by least squares to the teacher's shortcut
   output (its projection, or the identity) on the kept channels: a LayerNorm over fewer channels cannot be
   undone exactly, so this is the best a 1x1 conv can do.
