@@ -1,0 +1,280 @@
+"""Training a Wan 2.1-architecture VAE (encoder and decoder) on real clips: the teacher we ship.
+
+A plain autoencoder: the decoder only ever sees the encoder's mean (ComfyUI's VAE Encode returns the
+mean too), so there is no sampling and no KL; a small penalty on the latent's mean square keeps its scale
+near 1 instead. Losses are L1 + MSE on the pixels. An EMA of the weights is what gets evaluated and
+exported, because batch-1 CPU training is noisy.
+
+Everything is a function of (config, step): the crop of each step comes from `distill.data.crop_for`, so
+`resume` continues with exactly the batches an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from ..arch.wan_vae import WanVAE
+from ..checkpoint.io import atomic_save
+from ..distill import data as clipdata
+from ..distill.losses import psnr, ssim
+from ..engine.malloc import keep_freed_memory
+from ..errors import FlashVAEDError
+from . import TEACHER_CARD_KEY
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "last.state.safetensors"
+FORMAT = "flash_vaed.teacher_train/1"
+
+
+@dataclass
+class TeacherConfig:
+    data: str
+    out: str
+    dim: int = 24
+    steps: int = 3000
+    batch_size: int = 1
+    clip_frames: int = 9
+    crop_px: int = 80
+    lr: float = 6e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    w_mse: float = 1.0
+    w_latent: float = 1e-3
+    ema: float = 0.999
+    holdout: float = 0.15
+    seed: int = 0
+    eval_every: int = 500
+    eval_frames: int = 17
+    eval_px: int = 128
+    checkpoint_every: int = 250
+    threads: int = 0  # 0: torch's default
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TeacherConfig:
+        return cls(**json.loads(text))
+
+
+def lr_at(step: int, cfg: TeacherConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.min_lr_ratio
+    return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def reconstruction_loss(video: torch.Tensor, target: torch.Tensor, z: torch.Tensor, cfg: TeacherConfig):
+    l1 = (video - target).abs().mean()
+    mse = (video - target).pow(2).mean()
+    latent = z.pow(2).mean()
+    total = l1 + cfg.w_mse * mse + cfg.w_latent * latent
+    return total, {"l1": l1.item(), "mse": mse.item(), "latent_ms": latent.item()}
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p, 1 - decay)
+
+
+@torch.no_grad()
+def evaluate(model: WanVAE, reader: clipdata.ClipReader, crops: list[clipdata.Crop]) -> dict:
+    """Mean PSNR / SSIM of the reconstruction of each held-out clip against its real frames."""
+    model.eval()
+    psnrs, ssims = [], []
+    for crop in crops:
+        x = reader.clip(crop).unsqueeze(0)
+        y = model(x)[0].clamp(-1, 1)
+        psnrs.append(psnr(y, x))
+        ssims.append(float(ssim(y, x)))
+    model.train()
+    return {"psnr": sum(psnrs) / len(psnrs), "ssim": sum(ssims) / len(ssims), "clips": len(crops)}
+
+
+def template_group(name: str) -> str:
+    """Clips of one template share a stem ("x-1.webp", "x-2.webp": often an edit's input and output)."""
+    return re.sub(r"-\d+$", "", Path(name).stem)
+
+
+def split(cfg: TeacherConfig, shape: clipdata.ClipShape) -> tuple[list, list]:
+    """(train, held_out) by template group, so no held-out clip has a sibling in training: a seeded
+    shuffle of the sorted group names, groups held out until `holdout` of the files are."""
+    videos = clipdata.scan_videos(cfg.data, shape)
+    groups = sorted({template_group(v.name) for v in videos})
+    if len(groups) < 2:
+        raise FlashVAEDError(
+            f"{cfg.data}: need videos of at least two templates (one is held out), found {len(groups)}"
+        )
+    random.Random(f"{cfg.seed}:teacher-holdout").shuffle(groups)
+    held_groups: set[str] = set()
+    target = max(1, round(cfg.holdout * len(videos)))
+    for g in groups[:-1]:
+        if sum(template_group(v.name) in held_groups for v in videos) >= target:
+            break
+        held_groups.add(g)
+    held = [v for v in videos if template_group(v.name) in held_groups]
+    return [v for v in videos if v not in held], held
+
+
+def _flat_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    sd = opt.state_dict()
+    tensors = {
+        f"optim.{i}.{k}": (v if isinstance(v, torch.Tensor) else torch.tensor(v))
+        for i, state in sd["state"].items()
+        for k, v in state.items()
+    }
+    return tensors, json.dumps(sd["param_groups"])
+
+
+def _optimizer_from_flat(tensors: dict[str, torch.Tensor], groups: str) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, i, name = key.split(".", 2)
+        state.setdefault(int(i), {})[name] = value
+    param_groups = json.loads(groups)
+    for g in param_groups:
+        g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": param_groups}
+
+
+def save_state(out: Path, step: int, cfg: TeacherConfig, model, ema, opt, history: list[dict]) -> None:
+    optim, groups = _flat_optimizer(opt)
+    tensors = {
+        **{f"model.{k}": v for k, v in model.real_state_dict().items()},
+        **{f"ema.{k}": v for k, v in ema.real_state_dict().items()},
+        **optim,
+    }
+    meta = {
+        "format": FORMAT,
+        "step": str(step),
+        "config": cfg.to_json(),
+        "history": json.dumps(history),
+        "param_groups": groups,
+    }
+    atomic_save(tensors, out / STATE_FILE, meta)
+
+
+def load_state(path: Path, model, ema, opt) -> tuple[int, TeacherConfig, list[dict]]:
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise FlashVAEDError(
+                f"{path} is not a teacher-training checkpoint (format {meta.get('format')!r})"
+            )
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    part = {
+        p: {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(p + ".")}
+        for p in ("model", "ema")
+    }
+    model.load_real_state_dict(part["model"])
+    ema.load_real_state_dict(part["ema"])
+    opt.load_state_dict(
+        _optimizer_from_flat(
+            {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["param_groups"]
+        )
+    )
+    return int(meta["step"]), TeacherConfig.from_json(meta["config"]), json.loads(meta["history"])
+
+
+def export_teacher(ema: WanVAE, path: Path, card: dict) -> Path:
+    """The EMA weights in the real Wan 2.1 file layout, fp16 (ComfyUI and our loaders cast on load)."""
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in ema.real_state_dict().items()}
+    return atomic_save(tensors, path, {TEACHER_CARD_KEY: json.dumps(card, sort_keys=True)})
+
+
+def run(
+    cfg: TeacherConfig,
+    *,
+    resume: bool = False,
+    on_progress: Callable[[int, int, dict], None] | None = None,
+) -> dict:
+    """Train (or continue) and return {"history", "evals", "held_out", "train"}; files land in cfg.out."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    keep_freed_memory()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shape = clipdata.ClipShape(cfg.clip_frames, cfg.crop_px)
+    shape.check(4, 8)
+    eval_shape = clipdata.ClipShape(cfg.eval_frames, cfg.eval_px)
+    eval_shape.check(4, 8)
+    train, held = split(cfg, shape)
+    held = [v for v in held if v.frames >= cfg.eval_frames and min(v.height, v.width) >= cfg.eval_px]
+    if not held:
+        raise FlashVAEDError("no held-out video is long and large enough for the evaluation clip")
+    reader = clipdata.ClipReader(train, shape, keep_videos=len(train))
+    eval_reader = clipdata.ClipReader(held, eval_shape, keep_videos=len(held))
+    eval_crops = clipdata.eval_crops(held, eval_shape, per_video=1)
+
+    torch.manual_seed(cfg.seed)
+    model = WanVAE(cfg.dim)
+    ema = WanVAE(cfg.dim)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    start, history = 0, []
+    state_path = out / STATE_FILE
+    if resume and state_path.is_file():
+        start, saved, history = load_state(state_path, model, ema, opt)
+        if dataclasses.replace(saved, steps=cfg.steps, eval_every=cfg.eval_every, threads=cfg.threads) != cfg:
+            raise FlashVAEDError(
+                f"{state_path} was written with a different config; resume with the same flags "
+                "(only --steps, --eval-every and --threads may change) or use a new --out"
+            )
+        log.info("resumed at step %d", start)
+    (out / "config.json").write_text(cfg.to_json() + "\n")
+    evals = [h for h in history if "eval_psnr" in h]
+    t0 = time.perf_counter()
+    for step in range(start, cfg.steps):
+        slots = range(cfg.batch_size)
+        x, _, _ = clipdata.draw_batch(reader, cfg.seed, step, list(slots))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        video, z = model(x)
+        loss, terms = reconstruction_loss(video, x, z, cfg)
+        if not torch.isfinite(loss):
+            raise FlashVAEDError(
+                f"step {step}: loss is {float(loss)}; the last checkpoint in {out} is intact"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        update_ema(ema, model, cfg.ema if step >= cfg.warmup_steps else 0.0)
+        record = {"step": step, "loss": float(loss), "lr": lr_at(step, cfg), **terms}
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            result = evaluate(ema, eval_reader, eval_crops)
+            record |= {"eval_psnr": result["psnr"], "eval_ssim": result["ssim"]}
+            evals.append(record)
+            log.info("step %d: held-out PSNR %.2f dB, SSIM %.4f", done, result["psnr"], result["ssim"])
+        history.append(record)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_state(out, done, cfg, model, ema, opt, history)
+        if on_progress is not None:
+            on_progress(done, cfg.steps, record)
+    log.info("trained %d steps in %.0f s", cfg.steps - start, time.perf_counter() - t0)
+    return {
+        "history": history,
+        "evals": evals,
+        "held_out": [v.name for v in held],
+        "train": [v.name for v in train],
+        "ema": ema,
+    }
