@@ -18,83 +18,37 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 
 from . import load_decoder, load_encoder
-from .distill import data as clipdata
-from .distill.loop import DistillConfig, run
+from .distill.loop import run
 from .engine.malloc import keep_freed_memory
-from .errors import FlashVAEDError
-from .quality import measure, write_report
-from .teacher import TEACHER_CARD_KEY, embedded_teacher
+from .quality import held_out_clips, measure, write_report
+from .teacher import embedded_teacher
 from .teacher.clips import template_clips_dir
+from .teacher.student import QUARTER_LAYOUT, demo_config, held_out_names, link_training_clips
 
 log = logging.getLogger("flash_vaed.demo")
-
-# The released Flash-VAED student's recipe at our teacher's width (24; the real Wan 2.1 VAE has 96):
-# bottleneck and deep stages at full width as depthwise-separable causal 3D, the two shallow stages
-# per-frame 2D at a quarter of the teacher's width (the official student keeps an eighth of 96, i.e.
-# 12 channels; an eighth of 24 would leave 3).
-DEMO_LAYOUT = "mid=96:dw3d/96:dw3d/96:dw3d/12:frame2d/6:frame2d"
-
-
-def held_out_names(teacher: Path) -> list[str]:
-    """The clips the teacher was not trained on, from the card `training/train_teacher.py` writes into
-    the file's metadata."""
-    from safetensors import safe_open
-
-    with safe_open(str(teacher), "pt") as f:
-        card = (f.metadata() or {}).get(TEACHER_CARD_KEY)
-    if card is None:
-        raise FlashVAEDError(
-            f"{teacher} has no training card (metadata {TEACHER_CARD_KEY!r}), so its held-out clips are "
-            "unknown; use a teacher written by training/train_teacher.py"
-        )
-    return list(json.loads(card)["held_out"])
-
-
-def link_training_clips(data: Path, held_out: list[str], folder: Path) -> Path:
-    """A folder of links to every clip but the held-out ones (copies where links are not allowed)."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    held = set(held_out)
-    for path in sorted(p for p in data.iterdir() if p.suffix.lower() in clipdata.VIDEO_SUFFIXES):
-        if path.name in held:
-            continue
-        target = folder / path.name
-        try:
-            os.symlink(path, target)
-        except OSError:
-            shutil.copy2(path, target)
-    return folder
-
-
-def held_out_clips(data: Path, names: list[str], frames: int, px: int) -> list[tuple[str, torch.Tensor]]:
-    shape = clipdata.ClipShape(frames, px)
-    videos = [
-        v for v in clipdata.scan_videos(data, shape) if v.name in set(names)
-    ]  # scan skips (and warns about) clips too short or small for the shape
-    reader = clipdata.ClipReader(videos, shape, keep_videos=0)
-    return [(videos[c.video].name, reader.clip(c)) for c in clipdata.eval_crops(videos, shape, per_video=1)]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/demo", help="run folder (default %(default)s)")
     ap.add_argument("--steps", type=int, default=600, help="distillation steps (default %(default)s)")
-    ap.add_argument("--layout", default=DEMO_LAYOUT, help="student layout (a preset name or layout line)")
+    ap.add_argument("--layout", default=QUARTER_LAYOUT, help="student layout (a preset name or layout line)")
     ap.add_argument("--teacher", default=None, help="teacher file (default: the shipped one)")
     ap.add_argument("--data", default=None, help="clip folder (default: the template clips)")
     ap.add_argument("--eval-frames", type=int, default=17, help="frames of each held-out clip")
     ap.add_argument("--eval-px", type=int, default=256, help="edge of the centred held-out crop")
+    ap.add_argument(
+        "--speed-latent",
+        default="16x5x30x52",
+        help="C x T x H x W of the latent timed for speed (default %(default)s: 17 frames of 240x416)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--resume", action="store_true", help="continue the distillation in --out")
     return ap.parse_args(argv)
@@ -106,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     keep_freed_memory()
+    torch.set_flush_denormal(True)  # subnormal floats are ~100x slower on x86 CPUs (training/README.md)
     from tqdm import tqdm
 
     teacher_path = Path(args.teacher) if args.teacher else embedded_teacher()
@@ -115,23 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     train_dir = link_training_clips(data, held, out / "train_clips")
     log.info("teacher %s; %d held-out clips; training clips in %s", teacher_path.name, len(held), train_dir)
 
-    cfg = DistillConfig(
-        teacher=str(teacher_path),
-        data=str(train_dir),
-        out=str(out / "student"),
-        preset=args.layout,
-        init="prune",
-        steps=args.steps,
-        lr=1e-3,
-        warmup_steps=min(50, args.steps // 10),
-        clip_frames=9,
-        crop_px=64,
-        keep_videos=64,
-        holdout=0.0,  # the teacher's held-out clips are already out of train_clips
-        evaluate=False,  # the quality report below evaluates on the teacher's own held-out clips
-        checkpoint_every=100,
-        resume=args.resume,
-    )
+    cfg = demo_config(teacher_path, train_dir, out / "student", args.layout, args.steps, args.resume)
     bar = tqdm(total=cfg.steps, desc="distil", unit="step")
 
     def progress(done: int, total: int) -> None:
@@ -152,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     teacher = load_decoder(teacher_path)
     student = load_decoder(result.student_path)
     clips = held_out_clips(data, held, args.eval_frames, args.eval_px)
-    report = measure(encoder, teacher, {"flash-vaed": student}, clips)
+    c, t, h, w = (int(v) for v in args.speed_latent.lower().split("x"))
+    speed_latent = torch.randn(1, c, t, h, w, generator=torch.Generator().manual_seed(0))
+    report = measure(encoder, teacher, {"flash-vaed": student}, clips, speed_latent=speed_latent)
     files = write_report(report, out / "report", strip=(clips[0][1], encoder, teacher, student))
     sys.stdout.write("\n" + report.to_markdown() + "\n")
     sys.stdout.write("".join(f"{kind:>9}: {path}\n" for kind, path in files.items()))

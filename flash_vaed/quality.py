@@ -159,6 +159,21 @@ def measure(
     )
 
 
+def held_out_clips(
+    data: str | Path, names: Sequence[str], frames: int, px: int
+) -> list[tuple[str, torch.Tensor]]:
+    """(name, frames (3, T, px, px) in [-1, 1]) of the named clips: the first `frames` frames, centred
+    crop at native resolution. Clips too short or small are skipped with a warning (scan_videos)."""
+    from .distill import data as clipdata
+
+    shape = clipdata.ClipShape(frames, px)
+    wanted = set(names)
+    videos = [v for v in clipdata.scan_videos(data, shape) if v.name in wanted]
+    reader = clipdata.ClipReader(videos, shape, keep_videos=0)
+    crops = clipdata.eval_crops(videos, shape, per_video=1)
+    return [(videos[c.video].name, reader.clip(c)) for c in crops]
+
+
 # ---- pictures -----------------------------------------------------------------------------------
 
 

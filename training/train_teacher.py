@@ -34,6 +34,8 @@ HELP = {
     "batch_size": "clips per step",
     "clip_frames": "frames per training clip (4k+1)",
     "crop_px": "square crop edge in pixels (multiple of 8), at the clips' native resolution",
+    "long_frames": "frames of the occasional long clip (4k+1): teaches causal layers their steady state",
+    "long_every": "every Nth step trains one long clip instead of a batch of short ones (0: never)",
     "lr": "peak learning rate (AdamW)",
     "warmup_steps": "linear warmup steps",
     "min_lr_ratio": "the cosine ends at lr * this",
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def progress(done: int, total: int, record: dict) -> None:
         bar.n = done
-        bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", step_s=f"{record['time_s']:.2f}", refresh=False)
         bar.refresh()
 
     result = run(cfg, resume=args.resume, on_progress=progress)

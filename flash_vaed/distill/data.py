@@ -244,6 +244,12 @@ class ClipReader:
         self.videos, self.shape, self.keep = list(videos), shape, keep_videos
         self._memory: OrderedDict[Path, torch.Tensor] = OrderedDict()
 
+    def with_shape(self, shape: ClipShape) -> ClipReader:
+        """A reader of another clip shape over the same videos, sharing the decoded videos in memory."""
+        other = ClipReader(self.videos, shape, self.keep)
+        other._memory = self._memory
+        return other
+
     def _frames(self, info: VideoInfo, t0: int) -> torch.Tensor:
         n = self.shape.frames
         if info.path.suffix.lower() not in PILLOW_SUFFIXES or self.keep <= 0:
