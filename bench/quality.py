@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from flash_vaed import load_decoder, load_encoder  # noqa: E402
 from flash_vaed.distill.loop import run  # noqa: E402
-from flash_vaed.engine.malloc import keep_freed_memory  # noqa: E402
+from flash_vaed.engine.cpu import fast_cpu_training  # noqa: E402
 from flash_vaed.quality import held_out_clips, measure, write_report  # noqa: E402
 from flash_vaed.teacher import embedded_teacher  # noqa: E402
 from flash_vaed.teacher.clips import template_clips_dir  # noqa: E402
@@ -70,10 +70,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+    # CPU runs: no fresh zeroed pages every step, no slow subnormal arithmetic (flash_vaed.engine.cpu)
+    with fast_cpu_training():
+        return _main(parse(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    keep_freed_memory()
-    torch.set_flush_denormal(True)  # subnormal floats are ~100x slower on x86 CPUs (training/README.md)
     teacher_path = Path(args.teacher) if args.teacher else embedded_teacher()
     data = Path(args.data) if args.data else template_clips_dir()
     out = Path(args.out)

@@ -3,6 +3,7 @@ weights (opened by ComfyUI itself, and reconstructing held-out real clips)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from flash_vaed import load_decoder, load_encoder
 from flash_vaed.arch.wan_vae import WanVAE
 from flash_vaed.distill import data as clipdata
 from flash_vaed.distill.losses import psnr
-from flash_vaed.engine.malloc import keep_freed_memory
+from flash_vaed.engine.cpu import flushed_subnormals, keep_freed_memory
 from flash_vaed.errors import FlashVAEDError
 from flash_vaed.spec import Family
 from flash_vaed.teacher import EMBEDDED_TEACHER, TEACHER_CARD_KEY, embedded_teacher
@@ -113,6 +114,13 @@ def test_exported_teacher_opens_as_a_wan21_vae_with_its_card(tmp_path):
     assert (dec.decode(enc.encode(x)) - ref).abs().max().item() < 0.05
 
 
+def test_subnormals_are_flushed_only_inside_the_block():
+    tiny = torch.tensor([1e-39])  # subnormal in float32
+    with flushed_subnormals():
+        assert (tiny * 1.0).item() == 0.0
+    assert (tiny * 1.0).item() != 0.0
+
+
 def test_keep_freed_memory_takes_on_glibc():
     assert keep_freed_memory() in (True, False)
     if Path("/lib/x86_64-linux-gnu/libc.so.6").exists():
@@ -165,3 +173,21 @@ def test_every_config_field_has_a_documented_flag():
     assert set(module.HELP) == {f.name for f in dataclasses.fields(TeacherConfig)}
     cfg, _ = module.parse(["--out", "x", "--data", "clips", "--steps", "7", "--crop-px", "32"])
     assert (cfg.steps, cfg.crop_px, cfg.out) == (7, 32, "x")
+
+
+def test_stopping_early_from_a_checkpoint_evaluates_it(tmp_path):
+    cfg = _cfg(tmp_path, "run", 4)
+    cfg.eval_every = 100
+
+    def interrupt(done: int, total: int, record: dict) -> None:
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, on_progress=interrupt)  # the checkpoint of step 2 has no evaluation
+    cfg.steps = 2
+    with pytest.raises(FlashVAEDError, match="different config"):
+        run(dataclasses.replace(cfg, lr=1.0), resume=True)
+    stopped = run(cfg, resume=True)  # nothing left to train: evaluate the checkpoint, as a finished run
+    assert [h["step"] for h in stopped["evals"]] == [1]
+    assert len(stopped["history"]) == 2

@@ -30,7 +30,7 @@ from ..arch.wan_vae import WanVAE
 from ..checkpoint.io import atomic_save
 from ..distill import data as clipdata
 from ..distill.losses import psnr, ssim
-from ..engine.malloc import keep_freed_memory
+from ..engine.cpu import fast_cpu_training
 from ..errors import FlashVAEDError
 from . import TEACHER_CARD_KEY
 
@@ -210,10 +210,11 @@ def run(
     """Train (or continue) and return {"history", "evals", "held_out", "train"}; files land in cfg.out."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    keep_freed_memory()
-    # Adam's second moments and late gradients underflow into subnormal floats, which x86 CPUs compute
-    # about 100x slower: steps went from 1.5 s to 17 s before this
-    torch.set_flush_denormal(True)
+    with fast_cpu_training():
+        return _run(cfg, resume, on_progress)
+
+
+def _run(cfg: TeacherConfig, resume: bool, on_progress: Callable[[int, int, dict], None] | None) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     shape = clipdata.ClipShape(cfg.clip_frames, cfg.crop_px)
@@ -285,7 +286,12 @@ def run(
             save_state(out, done, cfg, model, ema, opt, history)
         if on_progress is not None:
             on_progress(done, cfg.steps, record)
-    log.info("trained %d steps in %.0f s", cfg.steps - start, time.perf_counter() - t0)
+    if history and "eval_psnr" not in history[-1]:
+        # resumed with --steps at or below the checkpoint's step: stop here, evaluated like a finished run
+        result = evaluate(ema, eval_reader, eval_crops)
+        history[-1] |= {"eval_psnr": result["psnr"], "eval_ssim": result["ssim"]}
+        evals.append(history[-1])
+    log.info("trained %d steps in %.0f s", max(0, cfg.steps - start), time.perf_counter() - t0)
     return {
         "history": history,
         "evals": evals,
