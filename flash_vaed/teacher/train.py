@@ -45,13 +45,13 @@ class TeacherConfig:
     data: str
     out: str
     dim: int = 24
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 2
     clip_frames: int = 5
     crop_px: int = 64
     long_frames: int = 9  # every `long_every`-th step trains one clip this long instead (see below)
     long_every: int = 4
-    lr: float = 1.5e-3
+    lr: float = 2.5e-4
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
     w_mse: float = 1.0
