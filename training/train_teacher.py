@@ -120,18 +120,25 @@ def main(argv: list[str] | None = None) -> int:
         "config": dataclasses.asdict(cfg) | {"data": Path(cfg.data).name},
         "held_out": result["held_out"],
         "train_videos": len(result["train"]),
-        "held_out_psnr": final.get("eval_psnr"),
-        "held_out_ssim": final.get("eval_ssim"),
+        "weights": result["exported_weights"],
+        "held_out_psnr": result["raw_eval"]["psnr"]
+        if result["exported_weights"] == "raw"
+        else final.get("eval_psnr"),
+        "held_out_ssim": result["raw_eval"]["ssim"]
+        if result["exported_weights"] == "raw"
+        else final.get("eval_ssim"),
+        "held_out_psnr_ema": final.get("eval_psnr"),
+        "held_out_psnr_raw": result["raw_eval"]["psnr"],
         "evaluation": f"{cfg.eval_frames} frames, centred {cfg.eval_px}x{cfg.eval_px} crop at native resolution",
     }
-    teacher = export_teacher(result["ema"], out / "teacher.safetensors", card)
+    teacher = export_teacher(result["export"], out / "teacher.safetensors", card)
     (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     try:
         plot(result["history"], out / "loss.png")
     except ImportError:
         log.warning("matplotlib is not installed: no loss.png (pip install matplotlib)")
     if args.export:
-        export_teacher(result["ema"], Path(args.export), card)
+        export_teacher(result["export"], Path(args.export), card)
         Path(args.export).with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
     log.info(
         "teacher: %s  held-out PSNR %s dB, SSIM %s", teacher, card["held_out_psnr"], card["held_out_ssim"]
