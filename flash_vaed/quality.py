@@ -213,7 +213,7 @@ def frame_strip(
     frame_index: int | None = None,
     error_gain: float = 4.0,
 ) -> Path:
-    """One frame side by side: real | teacher | student | |student - real| x error_gain."""
+    """One frame side by side: real | teacher | student | mean |student - real| over RGB x error_gain."""
     from PIL import Image
 
     x = frames.unsqueeze(0)
@@ -221,7 +221,11 @@ def frame_strip(
     t = teacher.decode(z)[0]
     s = student.decode(z)[0]
     k = frames.shape[1] // 2 if frame_index is None else frame_index
-    err = ((s[:, k].clamp(-1, 1) - frames[:, k]).abs() * error_gain - 1).clamp(-1, 1)
+    # grey: the mean error over the colour channels (white = error of 2 / error_gain or more)
+    err = ((s[:, k].clamp(-1, 1) - frames[:, k]).abs().mean(dim=0, keepdim=True) * error_gain - 1).clamp(
+        -1, 1
+    )
+    err = err.expand(3, -1, -1)
     tiles = [_to_uint8(frames[:, k]), _to_uint8(t[:, k]), _to_uint8(s[:, k]), _to_uint8(err)]
     gap = torch.full((frames.shape[2], 4, 3), 255, dtype=torch.uint8)
     row = torch.cat([p for tile in tiles for p in (tile, gap)][:-1], dim=1)
