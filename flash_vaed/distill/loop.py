@@ -305,7 +305,7 @@ def _ddp_setup(device_choice: str) -> tuple[int, int, torch.device, bool]:
     return rank, world, device, started
 
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
     sd = opt.state_dict()
     tensors = {}
     for idx, state in sd["state"].items():
@@ -315,7 +315,7 @@ def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, json.dumps(sd["param_groups"])
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups_json: str) -> dict:
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], groups_json: str) -> dict:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -334,7 +334,7 @@ def save_checkpoint(
     """Write last.state.safetensors (atomic, all resume state in one file), then last.safetensors."""
     tensors = {f"student.{k}": v for k, v in trainee.student.state_dict().items()}
     tensors |= {f"adapter.{k}": v for k, v in trainee.adapters.state_dict().items()}
-    optim_tensors, groups = _flatten_optimizer(opt)
+    optim_tensors, groups = flatten_optimizer(opt)
     tensors |= optim_tensors
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -513,7 +513,7 @@ def run(
             trainee.adapters.load_state_dict(
                 {k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")}
             )
-            opt.load_state_dict(_unflatten_optimizer(tensors, meta["optim_groups"]))
+            opt.load_state_dict(unflatten_optimizer(tensors, meta["optim_groups"]))
             torch.set_rng_state(tensors["rng.torch"])
             cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
             if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():

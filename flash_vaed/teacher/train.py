@@ -29,6 +29,7 @@ from torch import nn
 from ..arch.wan_vae import WanVAE
 from ..checkpoint.io import atomic_save
 from ..distill import data as clipdata
+from ..distill.loop import flatten_optimizer, unflatten_optimizer
 from ..distill.losses import psnr, ssim
 from ..engine.cpu import fast_cpu_training
 from ..errors import FlashVAEDError
@@ -141,29 +142,8 @@ def split(cfg: TeacherConfig, shape: clipdata.ClipShape) -> tuple[list, list]:
     return [v for v in videos if v not in held], held
 
 
-def _flat_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
-    sd = opt.state_dict()
-    tensors = {
-        f"optim.{i}.{k}": (v if isinstance(v, torch.Tensor) else torch.tensor(v))
-        for i, state in sd["state"].items()
-        for k, v in state.items()
-    }
-    return tensors, json.dumps(sd["param_groups"])
-
-
-def _optimizer_from_flat(tensors: dict[str, torch.Tensor], groups: str) -> dict:
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        _, i, name = key.split(".", 2)
-        state.setdefault(int(i), {})[name] = value
-    param_groups = json.loads(groups)
-    for g in param_groups:
-        g["betas"] = tuple(g["betas"])
-    return {"state": state, "param_groups": param_groups}
-
-
 def save_state(out: Path, step: int, cfg: TeacherConfig, model, ema, opt, history: list[dict]) -> None:
-    optim, groups = _flat_optimizer(opt)
+    optim, groups = flatten_optimizer(opt)
     tensors = {
         **{f"model.{k}": v for k, v in model.real_state_dict().items()},
         **{f"ema.{k}": v for k, v in ema.real_state_dict().items()},
@@ -194,7 +174,7 @@ def load_state(path: Path, model, ema, opt) -> tuple[int, TeacherConfig, list[di
     model.load_real_state_dict(part["model"])
     ema.load_real_state_dict(part["ema"])
     opt.load_state_dict(
-        _optimizer_from_flat(
+        unflatten_optimizer(
             {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["param_groups"]
         )
     )
