@@ -72,7 +72,7 @@ from .fold import (
     map_into_weight,
     ridge_lstsq,
 )
-from .report import LayerReport, PruneReport, psnr_db
+from .report import LayerReport, PruneReport, build_report, psnr_db
 from .select import filter_l1, select_by_magnitude, select_channels, select_random
 from .surgery import fill_conv, init_depthwise, init_frame2d
 from .wan import PruneConfig
@@ -703,27 +703,15 @@ class _LTXPruner:
             psnr = psnr_db(
                 run_ltx_decoder(self.student, held, cfg.batch), run_ltx_decoder(self.teacher, held, cfg.batch)
             )
-        lines = [
-            LayerReport(
-                site.name,
-                "channels",
-                site.teacher,
-                site.student,
-                sum(site.errors) / len(site.errors) if site.errors else 0.0,
-                cfg.selection + ("+fold" if cfg.fold else ""),
-                site.kept,
-            )
-            for site in self.sites
-        ]
-        return PruneReport(
-            teacher=type(self.teacher).__name__,
-            student=self.spec.name,
-            selection=cfg.selection,
-            fold=cfg.fold,
-            layers=lines + self.op_lines,
-            psnr_db=psnr,
-            teacher_parameters=sum(p.numel() for p in self.teacher.parameters()),
-            student_parameters=sum(p.numel() for p in self.student.parameters()),
+        return build_report(
+            type(self.teacher).__name__,
+            self.spec.name,
+            cfg,
+            self.sites,
+            self.op_lines,
+            psnr,
+            self.teacher,
+            self.student,
         )
 
 

@@ -78,3 +78,40 @@ class PruneReport:
                 f"| `{r.name}` | {r.kind} | {r.kept_channels}/{r.teacher_channels} | {r.error:.4f} | {r.note} |"
             )
         return "\n".join(lines) + "\n"
+
+
+def build_report(
+    teacher_name: str,
+    student_name: str,
+    cfg,
+    sites,
+    op_lines: list[LayerReport],
+    psnr: float | None,
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+) -> PruneReport:
+    """The report of a finished pruning run, for any family's pruner: one "channels" line per site (the
+    site's name, teacher and student widths, fold errors and kept indices), then the operator lines."""
+    method = cfg.selection + ("+fold" if cfg.fold else "")
+    lines = [
+        LayerReport(
+            site.name,
+            "channels",
+            site.teacher,
+            site.student,
+            sum(site.errors) / len(site.errors) if site.errors else 0.0,
+            method,
+            site.kept,
+        )
+        for site in sites
+    ]
+    return PruneReport(
+        teacher=teacher_name,
+        student=student_name,
+        selection=cfg.selection,
+        fold=cfg.fold,
+        layers=lines + list(op_lines),
+        psnr_db=psnr,
+        teacher_parameters=sum(p.numel() for p in teacher.parameters()),
+        student_parameters=sum(p.numel() for p in student.parameters()),
+    )

@@ -61,7 +61,7 @@ from .fold import (
     map_into_weight,
     refit_norm_gamma,
 )
-from .report import LayerReport, PruneReport, psnr_db
+from .report import LayerReport, PruneReport, build_report, psnr_db
 from .select import filter_l1, select_by_magnitude, select_channels, select_random
 from .surgery import fill_conv, init_depthwise, init_frame2d, replace_conv
 
@@ -493,27 +493,15 @@ class _WanPruner:
             psnr = psnr_db(
                 run_decoder(self.student, held, cfg.batch), run_decoder(self.teacher, held, cfg.batch)
             )
-        lines = [
-            LayerReport(
-                site.name,
-                "channels",
-                site.teacher,
-                site.student,
-                sum(site.errors) / len(site.errors) if site.errors else 0.0,
-                cfg.selection + ("+fold" if cfg.fold else ""),
-                site.kept,
-            )
-            for site in self.sites
-        ]
-        return PruneReport(
-            teacher=self.teacher.spec.name,
-            student=self.spec.name,
-            selection=cfg.selection,
-            fold=cfg.fold,
-            layers=lines + list(self.op_lines.values()),
-            psnr_db=psnr,
-            teacher_parameters=sum(p.numel() for p in self.teacher.parameters()),
-            student_parameters=sum(p.numel() for p in self.student.parameters()),
+        return build_report(
+            self.teacher.spec.name,
+            self.spec.name,
+            cfg,
+            self.sites,
+            self.op_lines.values(),
+            psnr,
+            self.teacher,
+            self.student,
         )
 
     def _own_request(self, name: str) -> PatchRequest:
