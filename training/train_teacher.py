@@ -49,6 +49,7 @@ HELP = {
     "eval_px": "edge of the centred held-out crop, native resolution",
     "checkpoint_every": "write last.state.safetensors every N steps",
     "threads": "torch CPU threads (0: torch's default)",
+    "device": "auto (cuda if available, else cpu), cpu or cuda[:N]; may change on --resume",
 }
 
 

@@ -65,6 +65,7 @@ class TeacherConfig:
     eval_px: int = 128
     checkpoint_every: int = 250
     threads: int = 0  # 0: torch's default
+    device: str = "auto"  # "auto": cuda if available, else cpu; may change on resume (another machine)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -72,6 +73,12 @@ class TeacherConfig:
     @classmethod
     def from_json(cls, text: str) -> TeacherConfig:
         return cls(**json.loads(text))
+
+
+def training_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def lr_at(step: int, cfg: TeacherConfig) -> float:
@@ -107,9 +114,10 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 def evaluate(model: WanVAE, reader: clipdata.ClipReader, crops: list[clipdata.Crop]) -> dict:
     """Mean PSNR / SSIM of the reconstruction of each held-out clip against its real frames."""
     model.eval()
+    device = next(model.parameters()).device
     psnrs, ssims = [], []
     for crop in crops:
-        x = reader.clip(crop).unsqueeze(0)
+        x = reader.clip(crop).unsqueeze(0).to(device)
         y = model(x)[0].clamp(-1, 1)
         psnrs.append(psnr(y, x))
         ssims.append(float(ssim(y, x)))
@@ -222,8 +230,10 @@ def _run(cfg: TeacherConfig, resume: bool, on_progress: Callable[[int, int, dict
     eval_crops = clipdata.eval_crops(held, eval_shape, per_video=1)
 
     torch.manual_seed(cfg.seed)
-    model = WanVAE(cfg.dim)
-    ema = WanVAE(cfg.dim)
+    device = training_device(cfg.device)
+    # built on the CPU, then moved: the same seed gives the same init on every machine
+    model = WanVAE(cfg.dim).to(device)
+    ema = WanVAE(cfg.dim).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0, foreach=True)
@@ -231,10 +241,11 @@ def _run(cfg: TeacherConfig, resume: bool, on_progress: Callable[[int, int, dict
     state_path = out / STATE_FILE
     if resume and state_path.is_file():
         start, saved, history = load_state(state_path, model, ema, opt)
-        if dataclasses.replace(saved, steps=cfg.steps, eval_every=cfg.eval_every, threads=cfg.threads) != cfg:
+        movable = dict(steps=cfg.steps, eval_every=cfg.eval_every, threads=cfg.threads, device=cfg.device)
+        if dataclasses.replace(saved, **movable) != cfg:
             raise FlashVAEDError(
                 f"{state_path} was written with a different config; resume with the same flags "
-                "(only --steps, --eval-every and --threads may change) or use a new --out"
+                "(only --steps, --eval-every, --threads and --device may change) or use a new --out"
             )
         log.info("resumed at step %d", start)
     (out / "config.json").write_text(cfg.to_json() + "\n")
@@ -246,6 +257,7 @@ def _run(cfg: TeacherConfig, resume: bool, on_progress: Callable[[int, int, dict
             x, _, _ = clipdata.draw_batch(long_reader, cfg.seed, step, [0])
         else:
             x, _, _ = clipdata.draw_batch(reader, cfg.seed, step, list(range(cfg.batch_size)))
+        x = x.to(device, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         video, z = model(x)
