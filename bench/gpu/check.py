@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -196,6 +197,18 @@ class Peak:
             self.mb = round((torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20, 1)
 
 
+@contextlib.contextmanager
+def full_fp32():
+    """fp32 convs and matmuls in full precision: PyTorch lets cuDNN convolutions use TF32 (10-bit
+    mantissa) by default on Ampere and later, which alone moves a Wan decode by ~3e-3."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def seeded(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
@@ -289,7 +302,7 @@ def stage_correctness(ctx) -> dict:
         families.pop("ltxv-0.9.5")
     lines += [
         "Teachers: ComfyUI's own model class vs ours, same seeded weights (full width unless noted), "
-        "ComfyUI's decode timestep for LTX with the noise off. bf16 rows: each decoder in bf16 against its "
+        "ComfyUI's decode timestep for LTX with the noise off; fp32 with TF32 off. bf16 rows: each decoder in bf16 against its "
         "own fp32 output.",
         "",
         "| decoder | latent | fp32 max abs vs ComfyUI | ours bf16 vs fp32 (max / PSNR dB) | "
@@ -304,10 +317,11 @@ def stage_correctness(ctx) -> dict:
         model, ours = seeded_pair(ctx.comfy, family, width)
         model.to(dev)
         ours.to(dev)
-        theirs32 = ctx.comfy.decode(model, family, z).float()
-        ours32 = ours.decode(z, noise_scale=0.0)
-        err = max_err(ours32, theirs32)
-        streamed = max_err(ours.decode(z, chunk_frames=1, noise_scale=0.0), ours32)
+        with full_fp32():
+            theirs32 = ctx.comfy.decode(model, family, z).float()
+            ours32 = ours.decode(z, noise_scale=0.0)
+            err = max_err(ours32, theirs32)
+            streamed = max_err(ours.decode(z, chunk_frames=1, noise_scale=0.0), ours32)
         ok &= err <= EXACT_FP32 and streamed <= EXACT_FP32
         model.to(torch.bfloat16)
         ours.to(dtype=torch.bfloat16)
@@ -384,9 +398,10 @@ def check_students(ctx) -> tuple[list, list, bool]:
             z = (z - dec.latent_norm.mean.view(1, -1, 1, 1, 1)) / dec.latent_norm.std.view(1, -1, 1, 1, 1)
         dec.to(dev)
         z = z.to(dev)
-        out32 = dec.decode(z)
-        err = max_err(out32, ref["video"])
-        streamed = max_err(dec.decode(z, chunk_frames=1), out32)
+        with full_fp32():
+            out32 = dec.decode(z)
+            err = max_err(out32, ref["video"])
+            streamed = max_err(dec.decode(z, chunk_frames=1), out32)
         row = {"student": name, "fp32_max_abs_vs_official": err, "streamed_vs_whole_max_abs": streamed}
         finite = True
         for label, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
@@ -416,9 +431,10 @@ def check_tiles(ctx) -> tuple[dict, list]:
     dev = ctx.device
     dec = load_decoder(generate(load_manifest("flashvaed_wan_official"), seed=0)).to(dev)
     z = seeded((1, 16, 5, 24, 32) if not ctx.smoke else (1, 16, 3, 16, 16), seed=2).to(dev)
-    whole = dec.decode(z)
     tile_px = 128
-    tiled = dec.decode(z, chunk_frames=1, tile_px=tile_px, overlap_px=32)
+    with full_fp32():
+        whole = dec.decode(z)
+        tiled = dec.decode(z, chunk_frames=1, tile_px=tile_px, overlap_px=32)
     row = {"latent": list(z.shape[1:]), "tile_px": tile_px, "overlap_px": 32}
     row |= {"max_abs": max_err(tiled, whole), "psnr_db": psnr_db(tiled, whole)}
     lines = [
@@ -561,22 +577,26 @@ def stage_variants(ctx) -> dict:
     repeats = 5 if not ctx.smoke else 2
     z = seeded(shape, seed=4).to(dev)
     state = generate(load_manifest("flashvaed_wan_official"), seed=0)
+    with full_fp32():
+        reference = load_decoder(state).to(dev).decode(z)  # the fp32 truth every variant is judged by
     plain = load_decoder(state).to(dev, dtype)
-    reference = plain.decode(z)
-    # bf16 reorders sums in other kernels: exact means "as close as the plain path is to itself in fp32"
-    tol = EXACT_FP32 if dtype == torch.float32 else 0.02 * reference.abs().max().item()
+    plain_err = max_err(plain.decode(z), reference)
+    # another kernel may round bf16 differently: a variant is exact when it is no further from the fp32
+    # decode than the plain path is (with 50 % slack); in fp32 when it agrees to EXACT_FP32
+    tol = EXACT_FP32 if dtype == torch.float32 else 1.5 * plain_err
     rows = []
     lines = [
         f"Official Wan student, latent {'x'.join(map(str, shape[1:]))}, {str(dtype).replace('torch.', '')}, "
-        f"median of {repeats}. A variant counts as exact when its max abs difference from the plain path is "
-        f"<= {tol:.2g}.",
+        f"median of {repeats}. Errors are max abs differences from the fp32 decode (TF32 off); the plain "
+        f"{str(dtype).replace('torch.', '')} path's is {plain_err:.3g}, and a variant counts as exact within "
+        f"{tol:.3g}.",
         "",
-        "| variant | median s | x vs plain | max abs vs plain | exact | note |",
+        "| variant | median s | x vs plain | max abs vs fp32 | exact | note |",
         "|---|---|---|---|---|---|",
     ]
     base_s = median_seconds(lambda: plain.decode(z), dev, repeats)
-    rows.append({"variant": "plain", "seconds_median": base_s, "max_abs": 0.0, "exact": True})
-    lines.append(f"| plain | {base_s:.4f} | 1.00x | 0 | True | |")
+    rows.append({"variant": "plain", "seconds_median": base_s, "max_abs": plain_err, "exact": True})
+    lines.append(f"| plain | {base_s:.4f} | 1.00x | {plain_err:.2e} | True | |")
 
     def variant(name: str, make: Callable[[], Callable[[], torch.Tensor]], estimate: float) -> None:
         if not ctx.budget.fits(estimate):
@@ -759,6 +779,15 @@ def stage_training(ctx) -> dict:
             f"bf16 autocast: **{1 / s:.2f} steps/s** ({s:.3f} s/step, median after 2 steps; {wall:.0f} s "
             f"for {steps} steps with set-up)."
         )
+        if ctx.budget.fits(60):
+            # the path users take (init auto = pruned from the teacher) must run on CUDA too: 2 steps
+            pruned = dataclasses.replace(cfg, out=str(tmp / "distill_pruned"), init="auto", steps=2)
+            t = time.perf_counter()
+            distill_run(pruned)
+            lines.append(
+                f"- the same with `--init auto` (pruned from the teacher), 2 steps: ran in "
+                f"{time.perf_counter() - t:.0f} s with set-up."
+            )
         tcfg = TeacherConfig(
             data=str(data),
             out=str(tmp / "teacher"),
@@ -784,6 +813,71 @@ def stage_training(ctx) -> dict:
             f"frames at {tcfg.crop_px} px, a {tcfg.long_frames}-frame clip every {tcfg.long_every}th step): "
             f"**{1 / s:.2f} steps/s** ({s:.3f} s/step; {wall:.0f} s for {tcfg.steps} steps with set-up)."
         )
+    return {"ok": True, "rows": rows, "lines": lines}
+
+
+# ---- stage: profile -------------------------------------------------------------------------------------------------
+
+
+def stage_profile(ctx) -> dict:
+    """Where the time of one decode goes: the top CUDA kernels by self time, and GPU-busy vs wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from flash_vaed import load_decoder
+    from support.reference_weights import generate, load_manifest
+
+    dev = ctx.device
+    dtype = torch.bfloat16 if not ctx.smoke else torch.float32
+    shape = (1, 16, 21, 60, 104) if not ctx.smoke else (1, 16, 3, 8, 8)
+    z = seeded(shape, seed=5).to(dev)
+    student = load_decoder(generate(load_manifest("flashvaed_wan_official"), seed=0)).to(dev, dtype)
+    teacher = load_decoder(
+        generate(load_manifest("wan21_comfy" if not ctx.smoke else "wan21_comfy_dim8"))
+    ).to(dev, dtype)
+    runs = {
+        "student, whole clip": lambda: student.decode(z),
+        "student, streamed": lambda: student.decode(z, chunk_frames=1),
+        "teacher, whole clip": lambda: teacher.decode(z),
+    }
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    rows, lines = (
+        [],
+        [
+            f"Wan 2.1 latent {'x'.join(map(str, shape[1:]))}, {str(dtype).replace('torch.', '')}, one decode after "
+            "a warm-up, torch.profiler. 'busy' is the summed self time of the device kernels over the wall time.",
+            "",
+        ],
+    )
+    for name, fn in runs.items():
+        fn()
+        sync(dev)
+        with profile(activities=activities) as prof:
+            t = time.perf_counter()
+            fn()
+            sync(dev)
+            wall = time.perf_counter() - t
+        events = prof.key_averages()
+        attr = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+        total = sum(getattr(e, attr) for e in events) or 1
+        top = sorted(events, key=lambda e: -getattr(e, attr))[:10]
+        row = {
+            "decode": name,
+            "wall_s": wall,
+            "busy_s": total / 1e6,
+            "top": [{"op": e.key, "ms": getattr(e, attr) / 1e3, "calls": e.count} for e in top],
+        }
+        rows.append(row)
+        lines += [
+            f"**{name}**: {wall * 1000:.0f} ms wall, {total / 1e3:.0f} ms busy ({100 * total / 1e6 / wall:.0f} %).",
+            "",
+            "| op | ms | share | calls |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{e['op'][:70]}` | {e['ms']:.1f} | {100 * e['ms'] * 1e3 / total:.0f} % | {e['calls']} |"
+            for e in row["top"]
+        ]
+        lines.append("")
     return {"ok": True, "rows": rows, "lines": lines}
 
 
@@ -817,6 +911,7 @@ STAGES: list[tuple[str, float, Callable]] = [
     ("memory", 90, stage_memory),
     ("variants", 60, stage_variants),
     ("training", 60, stage_training),
+    ("profile", 40, stage_profile),
     ("speed720", 120, lambda ctx: stage_speed(ctx, speed_runs(ctx, "720"))),
 ]
 

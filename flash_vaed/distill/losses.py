@@ -160,12 +160,12 @@ class FeatureAdapters(nn.Module):
             x, y = x[::stride], y[::stride]
             x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
             cs, ct = x.shape[1], y.shape[1]
-            prior = torch.zeros(cs + 1, ct, dtype=x.dtype)
+            prior = torch.zeros(cs + 1, ct, dtype=x.dtype, device=x.device)
             if cs == ct:
-                prior[:cs] = torch.eye(cs, dtype=x.dtype)
+                prior[:cs] = torch.eye(cs, dtype=x.dtype, device=x.device)
             gram = x1.T @ x1
             ridge = gram.diagonal().mean().clamp_min(1e-12) * (1e-4 + cs / x.shape[0])
-            eye = torch.eye(cs + 1, dtype=x.dtype)
+            eye = torch.eye(cs + 1, dtype=x.dtype, device=x.device)
             sol = torch.linalg.solve(gram + ridge * eye, x1.T @ y + ridge * prior)
             conv.weight.copy_(sol[:-1].T.reshape(conv.weight.shape).to(conv.weight.dtype))
             conv.bias.copy_(sol[-1].to(conv.bias.dtype))
