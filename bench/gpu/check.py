@@ -858,6 +858,9 @@ def stage_profile(ctx) -> dict:
             wall = time.perf_counter() - t
         events = prof.key_averages()
         attr = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+        if dev.type == "cuda":
+            # kernels only: the aten ops that launch them report the same device time again
+            events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
         total = sum(getattr(e, attr) for e in events) or 1
         top = sorted(events, key=lambda e: -getattr(e, attr))[:10]
         row = {
