@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from support.tiny_clips import write_clips
 
 REPO = Path(__file__).resolve().parents[1]
