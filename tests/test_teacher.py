@@ -145,7 +145,7 @@ def test_shipped_teacher_reconstructs_a_held_out_real_clip(one_thread):
     with safe_open(str(embedded_teacher()), "pt") as f:
         held = json.loads(f.metadata()[TEACHER_CARD_KEY])["held_out"]
     shape = clipdata.ClipShape(9, 64)
-    videos = [v for v in clipdata.scan_videos(template_clips_dir(), shape) if v.name == held[0]]
+    videos = [v for v in clipdata.scan_videos(template_clips_dir(), shape)[0] if v.name == held[0]]
     x = clipdata.ClipReader(videos, shape).clip(clipdata.eval_crops(videos, shape, 1)[0]).unsqueeze(0)
     y = load_decoder(embedded_teacher()).decode(load_encoder(embedded_teacher()).encode(x))
     assert psnr(y, x) > 17  # never trained on this clip (22.2 dB); random weights of the layout give 12.0

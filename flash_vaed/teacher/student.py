@@ -11,7 +11,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from ..distill import data as clipdata
-from ..distill.loop import DistillConfig
+from ..distill.config import DistillConfig
 from ..errors import FlashVAEDError
 from . import TEACHER_CARD_KEY
 

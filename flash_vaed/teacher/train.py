@@ -29,8 +29,8 @@ from torch import nn
 from ..arch.wan_vae import WanVAE
 from ..checkpoint.io import atomic_save
 from ..distill import data as clipdata
-from ..distill.loop import flatten_optimizer, unflatten_optimizer
 from ..distill.losses import psnr, ssim
+from ..distill.resume import flatten_optimizer, unflatten_optimizer
 from ..engine.cpu import fast_cpu_training
 from ..errors import FlashVAEDError
 from . import TEACHER_CARD_KEY
@@ -133,7 +133,7 @@ def template_group(name: str) -> str:
 def split(cfg: TeacherConfig, shape: clipdata.ClipShape) -> tuple[list, list]:
     """(train, held_out) by template group, so no held-out clip has a sibling in training: a seeded
     shuffle of the sorted group names, groups held out until `holdout` of the files are."""
-    videos = clipdata.scan_videos(cfg.data, shape)
+    videos, _ = clipdata.scan_videos(cfg.data, shape)
     groups = sorted({template_group(v.name) for v in videos})
     if len(groups) < 2:
         raise FlashVAEDError(
