@@ -31,7 +31,7 @@ if __package__ in (None, ""):
 from flash_vaed.distill.config import DistillConfig, flat_fields  # noqa: E402
 from flash_vaed.distill.loop import DistillResult, run  # noqa: E402
 from flash_vaed.distill.plot import plot_losses  # noqa: E402
-from flash_vaed.engine.cpu import fast_cpu_training  # noqa: E402
+from training.cpu import fast_cpu_training  # noqa: E402
 
 log = logging.getLogger("training.distill")
 
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     stop = _StopOnSignal()
     previous = signal.signal(signal.SIGINT, stop)
     try:
-        # CPU runs: no fresh zeroed pages every step, no slow subnormal arithmetic (flash_vaed.engine.cpu)
+        # CPU runs: no fresh zeroed pages every step, no slow subnormal arithmetic (training/cpu.py)
         with fast_cpu_training():
             result: DistillResult = run(cfg, on_progress=tqdm_progress(stop, show_bar))
     finally:
