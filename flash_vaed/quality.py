@@ -36,9 +36,8 @@ class DecoderQuality:
     retention: float | None = None  # psnr_gt / teacher's psnr_gt
     seconds_median: float = 0.0
     speedup: float = 1.0  # teacher seconds / these seconds
-    per_clip_psnr_gt: list[float] = field(
-        default_factory=list
-    )  # the per-clip values of the means, in clip order
+    # the per-clip values behind the means, in clip order
+    per_clip_psnr_gt: list[float] = field(default_factory=list)
     per_clip_ssim_gt: list[float] = field(default_factory=list)
     per_clip_psnr_teacher: list[float] = field(default_factory=list)
     per_clip_ssim_teacher: list[float] = field(default_factory=list)
@@ -65,7 +64,7 @@ class QualityReport:
                 f"{r.params_m:.2f}",
                 f"{r.psnr_gt:.2f}",
                 f"{r.ssim_gt:.4f}",
-                _number(None if r.retention is None else 100 * r.retention, "{:.1f} %"),
+                _number(r.retention and 100 * r.retention, "{:.1f} %"),
             ]
             + [_number(r.psnr_teacher, "{:.2f}"), _number(r.ssim_teacher, "{:.4f}")]
             + [f"{r.seconds_median:.3f}", f"{r.speedup:.2f}x"]

@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EMBEDDED_TEACHER = ASSETS / "wan21_dim24_teacher.safetensors"
-EMBEDDED_TEACHER_CARD = ASSETS / "wan21_dim24_teacher.json"
 # safetensors metadata key of the training card (architecture, config, held-out clips, held-out PSNR)
 TEACHER_CARD_KEY = "flash_vaed.teacher_card"
 # the real clips: the animated WebPs of this PyPI package (about 80 clips, mostly 350x350, 45 to 90 frames)
