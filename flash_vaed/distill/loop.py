@@ -2,7 +2,7 @@
 
     from flash_vaed.distill.loop import DistillConfig, run
     result = run(DistillConfig(teacher="wan_2.1_vae.safetensors", data="videos/", out="runs/wan21",
-                               preset="flashvaed-wan21", steps=20000))
+                               preset="official", steps=20000))
     result.student_path        # a safetensors student that flash_vaed.load_decoder opens
 
 `run` reads top to bottom: set up (the run folder, devices, DDP, teacher, encoder, data, student, adapters,
