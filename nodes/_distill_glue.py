@@ -105,11 +105,9 @@ def distill(
     job_paths(students_dir(), settings["output_name"])  # a bad name fails before anything is loaded
     if images is not None and videos != NO_FOLDER:
         log.info("Prune & Distill: training on the images input; the videos folder %r is not used", videos)
-    folder = (
-        None
-        if images is not None or videos == NO_FOLDER
-        else data_folder(folder_paths.get_input_directory(), videos)
-    )
+    folder = None
+    if images is None and videos != NO_FOLDER:
+        folder = data_folder(folder_paths.get_input_directory(), videos)
     # no data, or frames that make no clip, fail here: before the models are unloaded
     job = DistillJob(
         students_dir(), data=folder, frames=images, device=str(mm.get_torch_device()), **settings
