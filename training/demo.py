@@ -34,11 +34,11 @@ from flash_vaed import load_decoder, load_encoder
 from flash_vaed.distill import data as clipdata
 from flash_vaed.distill.config import DistillConfig
 from flash_vaed.distill.loop import run
-from flash_vaed.distill.plot import plot_losses
 from flash_vaed.errors import FlashVAEDError
 from flash_vaed.quality import held_out_clips, measure, write_report
 
 from .cpu import fast_cpu_training
+from .plot import plot_losses
 from .teacher import TEACHER_CARD_KEY, embedded_teacher, template_clips_dir
 
 log = logging.getLogger("training.demo")

@@ -30,8 +30,8 @@ if __package__ in (None, ""):
 
 from flash_vaed.distill.config import DistillConfig, flat_fields  # noqa: E402
 from flash_vaed.distill.loop import DistillResult, run  # noqa: E402
-from flash_vaed.distill.plot import plot_losses  # noqa: E402
 from training.cpu import fast_cpu_training  # noqa: E402
+from training.plot import plot_losses  # noqa: E402
 
 log = logging.getLogger("training.distill")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import schedule
-from .config import DistillConfig
+from flash_vaed.distill import schedule
+from flash_vaed.distill.config import DistillConfig
 
 
 def _ema(values: list[float], span: int) -> list[float]:
