@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from flash_vaed import DecoderSpec, Family, FlashDecoder, Op, load_decoder, save_student
 from flash_vaed.arch.ltx import DepthToSpaceUp, LTXTeacherDecoder, depth_to_space, pad_time
 from flash_vaed.arch.ltx_student import LTXStudentDecoder, LTXStudentSpec, StudentStage
-from flash_vaed.distill.loop import init_student
+from flash_vaed.distill.student import init_student
 from flash_vaed.latents import LatentNorm
 from flash_vaed.prune import PruneConfig, build_student_from_teacher, psnr_db
 from flash_vaed.prune.ltx import pair_layouts, run_ltx_decoder, upsample_weight

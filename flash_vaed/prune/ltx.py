@@ -73,7 +73,7 @@ from .fold import (
     ridge_lstsq,
 )
 from .report import LayerReport, PruneReport, build_report, psnr_db
-from .select import filter_l1, select_by_magnitude, select_channels, select_random
+from .select import filter_l1, select_by_magnitude, select_channels, select_random, split_calibration
 from .surgery import fill_conv, init_depthwise, init_frame2d
 from .wan import PruneConfig
 
@@ -682,7 +682,7 @@ class _LTXPruner:
 
     def run(self, calib: torch.Tensor) -> PruneReport:
         cfg = self.cfg
-        fit, held = _split(calib, cfg.holdout)
+        fit, held = split_calibration(calib, cfg.holdout)
         log.info("calibrating the LTX teacher on %d clips (%d sites)", fit.shape[0], len(self.sites))
         for name in self.dropped:
             log.warning("teacher resnet %s has no student counterpart in %s: dropped", name, self.spec.name)
@@ -722,18 +722,6 @@ def _causal_prior(weight: torch.Tensor) -> torch.Tensor:
     causal[:, :, 1] = weight[:, :, 0]
     causal[:, :, 2] = weight[:, :, 1] + weight[:, :, 2]
     return causal
-
-
-def _split(calib: torch.Tensor, holdout: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if calib.ndim != 5:
-        raise ValueError(f"calibration latents must be (N, C, T, H, W), got shape {tuple(calib.shape)}")
-    n = calib.shape[0]
-    if holdout == 0:
-        return calib, None
-    if n <= holdout:
-        log.warning("only %d calibration clips: the PSNR is measured on the clips used for fitting", n)
-        return calib, calib
-    return calib[: n - holdout], calib[n - holdout :]
 
 
 @torch.no_grad()

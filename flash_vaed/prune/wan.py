@@ -62,7 +62,7 @@ from .fold import (
     refit_norm_gamma,
 )
 from .report import LayerReport, PruneReport, build_report, psnr_db
-from .select import filter_l1, select_by_magnitude, select_channels, select_random
+from .select import filter_l1, select_by_magnitude, select_channels, select_random, split_calibration
 from .surgery import fill_conv, init_depthwise, init_frame2d, replace_conv
 
 log = logging.getLogger(__name__)
@@ -452,7 +452,7 @@ class _WanPruner:
 
     def run(self, calib: torch.Tensor) -> PruneReport:
         cfg = self.cfg
-        fit, held = _split(calib, cfg.holdout)
+        fit, held = split_calibration(calib, cfg.holdout)
         names = [c for s in self.sites for c in s.consumers] + self.norms
         log.info("calibrating %s on %d clips (%d layers)", self.teacher.spec.name, fit.shape[0], len(names))
         self.inputs = collect_inputs(self.teacher, fit, names, cfg.rows, cfg.seed, cfg.batch)
@@ -508,18 +508,6 @@ class _WanPruner:
         conv = self.student.get_submodule(name)
         inner = getattr(conv, "pointwise_conv", conv)
         return PatchRequest(torch.arange(inner.in_channels), torch.arange(inner.out_channels))
-
-
-def _split(calib: torch.Tensor, holdout: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if calib.ndim != 5:
-        raise ValueError(f"calibration latents must be (N, C, T, H, W), got shape {tuple(calib.shape)}")
-    n = calib.shape[0]
-    if holdout == 0:
-        return calib, None
-    if n <= holdout:
-        log.warning("only %d calibration clips: the PSNR is measured on the clips used for fitting", n)
-        return calib, calib
-    return calib[: n - holdout], calib[n - holdout :]
 
 
 def _module(decoder: FlashDecoder | nn.Module) -> nn.Module:
