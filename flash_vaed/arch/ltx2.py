@@ -64,6 +64,7 @@ __all__ = [
     "LTX2ConfigError",
     "LTX2DecoderConfig",
     "LTX2TeacherDecoder",
+    "WHOLE_CLIP",
     "comfy_configless_behaviour",
     "diffusion_decoder_error",
     "is_diffusion_decoder",
@@ -77,6 +78,9 @@ NORM_LAYERS = ("pixel_norm", "group_norm", "layer_norm")
 # what torch's Conv3d accepts as padding_mode, which is all ComfyUI passes the config value to
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 GROUP_NORM_GROUPS = 32
+# temporal_context of a decoder whose frames depend on the whole clip (group norm pools over time):
+# any window then spans the whole clip, which keeps windowed decodes exact
+WHOLE_CLIP = 2**31 - 1
 STATS_MEAN = "per_channel_statistics.mean-of-means"
 STATS_STD = "per_channel_statistics.std-of-means"
 DIFFUSION_DECODER_KEY = "decoder.conv_in_x_t.weight"
@@ -381,7 +385,8 @@ class LTX2TeacherDecoder(nn.Module):
       timestep_conditioned / injects_noise, draw_spatial_noise, crop_spatial_noise: as LTXTeacherDecoder.
       decode_timestep, decode_noise_scale: ComfyUI's values for this file (config keys, else 0.05 / 0.025).
       temporal_context: latent frames (before, after) a window needs so that its frames are exact;
-      temporal_halo = max of the two. time_stride / space_stride: frames per latent frame, pixels per
+      temporal_halo = max of the two; WHOLE_CLIP for group-norm decoders, whose norms pool over the
+      whole clip (no finite window is exact; nor is ComfyUI's own chunked decode). time_stride / space_stride: frames per latent frame, pixels per
       latent pixel. causal_decoder: the config's causal_decoder (convs look back only).
     """
 
@@ -403,6 +408,8 @@ class LTX2TeacherDecoder(nn.Module):
             ops += block.time_ops()
         ops.append(self.decoder.conv_out.time_reach)
         self.temporal_context = temporal_context(ops)
+        if cfg.norm_layer == "group_norm":
+            self.temporal_context = (WHOLE_CLIP, WHOLE_CLIP)
         self.temporal_halo = max(self.temporal_context)
         self._noise_scales = self._noise_draw_scales()
 
