@@ -32,8 +32,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -113,7 +114,7 @@ class LTX2Block:
         return UP_STRIDES.get(self.kind)
 
     @classmethod
-    def parse(cls, entry: object, index: int, fail) -> LTX2Block:
+    def parse(cls, entry: object, index: int, fail: Callable[[str], NoReturn]) -> LTX2Block:
         """entry: `[kind, params]` as a config lists it; `fail(message)` raises the caller's error."""
         if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], str):
             fail(f"decoder block {index} is {entry!r}, not a [name, parameters] pair")
@@ -178,7 +179,7 @@ class LTX2DecoderConfig:
         if not isinstance(config, Mapping):
             raise LTX2ConfigError(f"{origin}: the VAE config is {type(config).__name__}, not an object")
 
-        def fail(message: str):
+        def fail(message: str) -> NoReturn:
             raise LTX2ConfigError(f"{origin}: {message}. The file's decoder_blocks: {_config_text(config)}")
 
         dims = config.get("dims", 3)
@@ -238,7 +239,7 @@ class LTX2DecoderConfig:
         """Width after conv_in: base channels times every block's channel multiplier."""
         return self.base_channels * math.prod(b.multiplier for b in self.blocks if b.kind != "res_x")
 
-    def check(self, fail) -> None:
+    def check(self, fail: Callable[[str], NoReturn]) -> None:
         """Reject configs whose widths ComfyUI could not run (group sizes, noise scale widths)."""
         ch = self.first_channels
         for i, block in reversed(list(enumerate(self.blocks))):
@@ -530,10 +531,13 @@ def comfy_configless_behaviour(keys: Iterable[str], shapes: Mapping[str, Sequenc
     from .ltx import COMFY_DECODER_BLOCKS, ltx_version_from_keys
 
     keys = set(keys)
-    version = ltx_version_from_keys(keys, shapes, like_comfyui=True)
-    guess = LTXTeacherDecoder.for_version(version)
+    try:
+        version = ltx_version_from_keys(keys, shapes, like_comfyui=True)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
     with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in guess.state_dict().items()}
+        guess = LTXTeacherDecoder.for_version(version)
+    want = {k: tuple(v.shape) for k, v in guess.state_dict().items()}
     have = {k: tuple(shapes[k]) for k in keys if k.startswith("decoder.")}
     missing = [k for k in want if k not in have]
     wrong = [k for k in want if k in have and have[k] != want[k]]
