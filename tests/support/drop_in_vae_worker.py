@@ -101,7 +101,7 @@ def main() -> None:
         z = torch.randn(1, 16, 3, 6, 6)
         whole = vae.decode(z, vae_options={}, keyword_of_a_later_release=True)
         tiled = vae.decode_tiled(
-            z, tile_x=4, tile_y=4, overlap=1, tile_t=1, overlap_t=1, keyword_of_a_later_release=1
+            z, tile_x=8, tile_y=8, overlap=2, tile_t=1, overlap_t=1, keyword_of_a_later_release=1
         )
         report["decode"] = {
             "shape": list(whole.shape),
