@@ -162,6 +162,13 @@ def comfy_progress():
     return on_progress
 
 
+def free_memory(patcher, device) -> int:
+    """Bytes free for a decode on `device`. ComfyUI 0.38 asks the patcher (with dynamic VRAM, the weights it
+    may evict count as free); older releases only have model_management's."""
+    ask = getattr(patcher, "get_free_memory", None)
+    return int(ask(device)) if ask is not None else int(mm.get_free_memory(device))
+
+
 def is_oom(err: BaseException) -> bool:
     oom = mm.OOM_EXCEPTION
     return is_torch_oom(err) or (oom is not Exception and isinstance(err, oom))
@@ -243,7 +250,7 @@ def decode(
     mm.load_models_gpu([model.patcher], memory_required=need, force_full_load=True)
     device = model.patcher.load_device
     if plan is None:
-        plan = choose_plan(decoder, shape, model.dtype, mm.get_free_memory(device), profile=profile)
+        plan = choose_plan(decoder, shape, model.dtype, free_memory(model.patcher, device), profile=profile)
     peak = _PeakMemory(torch.device(device))
     result = decode_with_fallback(
         decoder,

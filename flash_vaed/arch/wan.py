@@ -24,6 +24,7 @@ from .layers import (
     fold_frames,
     unfold_frames,
 )
+from .stage_shortcut import stage_shortcut
 
 
 def residual_block(in_ch: int, out_ch: int, op: Op) -> nn.Module:
@@ -65,27 +66,45 @@ class WanDecoderBody(nn.Module):
             ]
         )
         ups: list[nn.Module] = []
+        shortcuts: dict[str, nn.Module] = {}
+        self._shortcut_spans: list[tuple[int, int, str]] = []  # (first, last) index in upsamples, key
         in_ch = mid
-        for stage in spec.stages:
+        for i, stage in enumerate(spec.stages):
+            first, stage_in = len(ups), in_ch
             for _ in range(stage.blocks):
                 ups.append(residual_block(in_ch, stage.width, stage.op))
                 in_ch = stage.width
             if stage.up_out is not None:
                 ups.append(Upsample(stage.width, stage.up_out, time=stage.up_time))
                 in_ch = stage.up_out
+            if stage.shortcut is not None:
+                shortcuts[str(i)] = stage_shortcut(stage.shortcut, stage_in, in_ch, stage.up_time)
+                self._shortcut_spans.append((first, len(ups) - 1, str(i)))
         self.upsamples = nn.ModuleList(ups)
+        if shortcuts:
+            self.shortcuts = nn.ModuleDict(shortcuts)
         self.head = Head(in_ch, 3 * spec.out_patch**2, spec.head_time)
 
     def forward(self, x: torch.Tensor, state: DecodeState) -> torch.Tensor:
         batch = x.shape[0]
         x = self.conv1(x, state[self.conv1])
         folded = False
-        for module in [*self.middle, *self.upsamples, self.head]:
+        skip = len(self.middle)
+        starts = {skip + first: key for first, _, key in self._shortcut_spans}
+        ends = {skip + last: key for _, last, key in self._shortcut_spans}
+        stage_inputs: dict[str, torch.Tensor] = {}
+        for i, module in enumerate([*self.middle, *self.upsamples, self.head]):
+            if i in starts:
+                stage_inputs[starts[i]] = unfold_frames(x, batch) if folded else x
             want_folded = bool(module.frame_wise)
             if want_folded != folded:
                 x = fold_frames(x) if want_folded else unfold_frames(x, batch)
                 folded = want_folded
             x = module(x, state)
+            if i in ends:
+                key = ends[i]
+                around = self.shortcuts[key](stage_inputs.pop(key), state)
+                x = x + (fold_frames(around) if folded else around)
         return unfold_frames(x, batch) if folded else x
 
 
