@@ -52,7 +52,7 @@ from ..arch.layers import (
 from ..arch.wan import WanFamilyDecoder
 from ..decoder import FlashDecoder
 from ..spec import DecoderSpec, Op
-from .calibrate import PatchRequest, collect_inputs, collect_patches, run_decoder
+from .calibrate import PatchRequest, collect_inputs, collect_patches, decode_clips, split_holdout
 from .fold import (
     Fold,
     fit_input_map,
@@ -452,7 +452,7 @@ class _WanPruner:
 
     def run(self, calib: torch.Tensor) -> PruneReport:
         cfg = self.cfg
-        fit, held = _split(calib, cfg.holdout)
+        fit, held = split_holdout(calib, cfg.holdout)
         names = [c for s in self.sites for c in s.consumers] + self.norms
         log.info("calibrating %s on %d clips (%d layers)", self.teacher.spec.name, fit.shape[0], len(names))
         self.inputs = collect_inputs(self.teacher, fit, names, cfg.rows, cfg.seed, cfg.batch)
@@ -491,7 +491,7 @@ class _WanPruner:
         psnr = None
         if held is not None:
             psnr = psnr_db(
-                run_decoder(self.student, held, cfg.batch), run_decoder(self.teacher, held, cfg.batch)
+                decode_clips(self.student, held, cfg.batch), decode_clips(self.teacher, held, cfg.batch)
             )
         return build_report(
             self.teacher.spec.name,
@@ -508,18 +508,6 @@ class _WanPruner:
         conv = self.student.get_submodule(name)
         inner = getattr(conv, "pointwise_conv", conv)
         return PatchRequest(torch.arange(inner.in_channels), torch.arange(inner.out_channels))
-
-
-def _split(calib: torch.Tensor, holdout: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if calib.ndim != 5:
-        raise ValueError(f"calibration latents must be (N, C, T, H, W), got shape {tuple(calib.shape)}")
-    n = calib.shape[0]
-    if holdout == 0:
-        return calib, None
-    if n <= holdout:
-        log.warning("only %d calibration clips: the PSNR is measured on the clips used for fitting", n)
-        return calib, calib
-    return calib[: n - holdout], calib[n - holdout :]
 
 
 def _module(decoder: FlashDecoder | nn.Module) -> nn.Module:
@@ -569,4 +557,5 @@ def prune_(decoder: FlashDecoder | WanFamilyDecoder, config: PruneConfig, calib:
         decoder.role = "student"
         decoder.layout = f"flash-vaed:{config.target.name}"
         decoder.info = {**decoder.info, "parameters": report.student_parameters}
+        vars(decoder).pop("memory_profile", None)  # measured on the teacher: measure the student anew
     return report
