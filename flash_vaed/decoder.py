@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
@@ -22,11 +22,14 @@ from .latents import LatentNorm, check_latents
 from .policy import decode_with_fallback
 from .spec import Family
 
+Wrapper = TypeVar("Wrapper", bound="RunsOnModule")
+
 
 class RunsOnModule:
-    """Device and dtype of a wrapper's `module` (decoders and encoders alike)."""
+    """Device, dtype and moves of a wrapper's `module` and its latent statistics (decoders and encoders)."""
 
     module: nn.Module
+    latent_norm: LatentNorm | None
 
     @property
     def device(self) -> torch.device:
@@ -35,6 +38,17 @@ class RunsOnModule:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.module.parameters()).dtype
+
+    def to(
+        self: Wrapper, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Wrapper:
+        self.module.to(device=device, dtype=dtype)
+        if self.latent_norm is not None and device is not None:
+            self.latent_norm = self.latent_norm.to(device)
+        return self
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
 
 
 @dataclass
@@ -68,17 +82,6 @@ class FlashDecoder(RunsOnModule):
         """What the decoder needs per output pixel, measured once without running it for real (see
         `engine.memory`); `del decoder.memory_profile` after changing the module in place."""
         return profile_module(self.module)
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> FlashDecoder:
-        self.module.to(device=device, dtype=dtype)
-        if self.latent_norm is not None:
-            self.latent_norm = LatentNorm(
-                self.latent_norm.mean.to(device or "cpu"), self.latent_norm.std.to(device or "cpu")
-            )
-        return self
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.module.parameters())
 
     @torch.inference_mode()
     def decode(

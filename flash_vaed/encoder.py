@@ -88,15 +88,6 @@ class FlashEncoder(RunsOnModule):
     def space_stride(self) -> int:
         return self.module.space_stride
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> FlashEncoder:
-        self.module.to(device=device, dtype=dtype)
-        if self.latent_norm is not None and device is not None:
-            self.latent_norm = LatentNorm(self.latent_norm.mean.to(device), self.latent_norm.std.to(device))
-        return self
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.module.parameters())
-
     # ---- frames ----
 
     def fit_frames(self, frames: torch.Tensor) -> torch.Tensor:

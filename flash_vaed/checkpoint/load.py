@@ -348,7 +348,7 @@ def read_latent_norm(recipe: Recipe, device: torch.device | str = "cpu") -> Late
         return None
     mean_key, std_key = recipe.latent_norm_keys
     got = recipe.source.load([mean_key, std_key])
-    return LatentNorm(got[mean_key].float().flatten().to(device), got[std_key].float().flatten().to(device))
+    return LatentNorm(got[mean_key].float().flatten(), got[std_key].float().flatten()).to(device)
 
 
 def build_decoder(
