@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..engine.state import DecodeState
 from ..spec import Family
 from .protocol import DecoderModule
 
@@ -595,18 +596,12 @@ class LTXTeacherDecoder(DecoderModule):
 
     # ---- decode ----
 
-    def forward(self, z_raw, state=None, *, timestep=None, spatial_noise=None) -> Tensor:
+    def _decode(
+        self, z_raw: Tensor, state: DecodeState | None, timestep: float | None, noise: list[Tensor]
+    ) -> Tensor:
         """z_raw (B, 128, T, H, W) raw latents -> video (B, 3, 8T-7, 32H, 32W), roughly [-1, 1], unclamped.
 
-        state must be None (the decoder is not causal). timestep: defaults to ComfyUI's 0.05 for
-        conditioned decoders; ignored otherwise. spatial_noise: from `draw_spatial_noise` (cropped for
-        tiles); drawn here from the global RNG when None and the decoder injects noise, which matches
-        ComfyUI for an unwindowed decode.
+        timestep defaults to ComfyUI's 0.05 for conditioned decoders; noise: the injected noise, drawn from
+        the global RNG by `forward` when not given (which matches ComfyUI for an unwindowed decode).
         """
-        self.check_inputs(z_raw, state, spatial_noise)
-        if spatial_noise is None:
-            spatial_noise = self.draw_spatial_noise(tuple(z_raw.shape[-2:]), None, z_raw.device, z_raw.dtype)
-        noise = list(spatial_noise or [])
-        if len(noise) != len(self.noise_scales):
-            raise ValueError(f"expected {len(self.noise_scales)} spatial noise tensors, got {len(noise)}")
         return self.decoder(z_raw, DECODE_TIMESTEP if timestep is None else timestep, iter(noise))

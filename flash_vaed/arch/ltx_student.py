@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..engine.state import DecodeState
 from ..spec import Family, Op
 from .ltx import DepthToSpaceUp, ReplicateTimeConv3d, pad_time, temporal_context, time_reach, unpatchify
 from .protocol import DecoderModule
@@ -286,10 +287,8 @@ class LTXStudentDecoder(DecoderModule):
         self.space_stride = self.spec.patch_size * 2**ups
         self.temporal_context = temporal_context(self.decoder.time_ops())
 
-    def forward(self, z_raw, state=None, *, timestep=None, spatial_noise=None) -> Tensor:
-        """z_raw (B, 128, T, H, W) RAW latents -> video (B, 3, 8T-7, 32H, 32W), roughly [-1, 1], unclamped.
-
-        state must be None (not causal); timestep is ignored; spatial_noise must be None.
-        """
-        self.check_inputs(z_raw, state, spatial_noise)
+    def _decode(
+        self, z_raw: Tensor, state: DecodeState | None, timestep: float | None, noise: list[Tensor]
+    ) -> Tensor:
+        """z_raw (B, 128, T, H, W) RAW latents -> video (B, 3, 8T-7, 32H, 32W), roughly [-1, 1], unclamped."""
         return self.decoder(z_raw)

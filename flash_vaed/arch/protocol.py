@@ -59,15 +59,9 @@ class DecoderModule(nn.Module):
 
         timestep: for timestep-conditioned decoders, default ComfyUI's decode timestep; ignored by others.
         spatial_noise: the injected noise, from `draw_spatial_noise` (cropped for tiles); decoders that
-        inject noise draw it from the global RNG when it is None.
+        inject noise draw it from the global RNG when it is None. Raises ValueError for latents of another
+        layout, a state given to a decoder that is not causal, or noise that does not fit the decoder.
         """
-        raise NotImplementedError
-
-    def check_inputs(
-        self, z_raw: Tensor, state: DecodeState | None, spatial_noise: Sequence[Tensor] | None
-    ) -> None:
-        """Raise ValueError for latents of another layout, a stream state given to a decoder that is not
-        causal, or noise given to one that injects none."""
         name = type(self).__name__
         if z_raw.ndim != 5 or z_raw.shape[1] != self.latent_channels:
             raise ValueError(
@@ -75,8 +69,22 @@ class DecoderModule(nn.Module):
             )
         if state is not None and not self.causal:
             raise ValueError(f"{name} is not causal: it decodes windows, without a DecodeState")
-        if spatial_noise and not self.noise_scales:
-            raise ValueError(f"{name} injects no spatial noise")
+        if state is None and self.causal:
+            state = DecodeState(self)
+        if spatial_noise is None:
+            spatial_noise = self.draw_spatial_noise(tuple(z_raw.shape[-2:]), None, z_raw.device, z_raw.dtype)
+        noise = list(spatial_noise or [])
+        if len(noise) != len(self.noise_scales):
+            raise ValueError(
+                f"{name} injects {len(self.noise_scales)} spatial noise tensors, got {len(noise)}"
+            )
+        return self._decode(z_raw, state, timestep, noise)
+
+    def _decode(
+        self, z_raw: Tensor, state: DecodeState | None, timestep: float | None, noise: list[Tensor]
+    ) -> Tensor:
+        """The architecture's own decode, after `forward` checked and completed its inputs."""
+        raise NotImplementedError
 
     def draw_spatial_noise(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
-from torch import nn
+from torch import Tensor, nn
 
 from ..engine.state import DecodeState
 from ..spec import DecoderSpec, Op
@@ -98,9 +98,9 @@ class WanDecoderBase(DecoderModule):
     conv2: PointwiseConv3d
     decoder: nn.Module
 
-    def forward(self, z_raw, state=None, *, timestep=None, spatial_noise=None) -> torch.Tensor:
-        self.check_inputs(z_raw, state, spatial_noise)
-        state = DecodeState(self) if state is None else state
+    def _decode(
+        self, z_raw: Tensor, state: DecodeState | None, timestep: float | None, noise: list[Tensor]
+    ) -> Tensor:
         out = self.decoder(self.conv2(z_raw), state)
         state.latent_frames_seen += z_raw.shape[2]
         if self.out_patch > 1:
