@@ -114,6 +114,14 @@ class DecoderSpec:
     def time_upsamples(self) -> int:
         return sum(s.up_time for s in self.stages)
 
+    @property
+    def time_stride(self) -> int:
+        return 2**self.time_upsamples
+
+    @property
+    def space_stride(self) -> int:
+        return 2 ** (len(self.stages) - 1) * self.out_patch
+
     def to_json(self) -> str:
         raw = dataclasses.asdict(self)
         for stage in raw["stages"]:  # specs without stage shortcuts keep the JSON they always had

@@ -23,8 +23,8 @@ import comfy.model_management as mm
 import comfy.sd
 import torch
 
-from ..flash_vaed.engine.budget import estimate_bytes, profile_decoder
 from ..flash_vaed.engine.decode import DecodePlan
+from ..flash_vaed.policy import estimate_bytes
 from ..flash_vaed.spec import Family
 from . import _glue
 
@@ -84,7 +84,7 @@ class FlashVAE(comfy.sd.VAE):
         self.model_size()
 
     def _memory_used_decode(self, shape, dtype) -> int:
-        return estimate_bytes(profile_decoder(self.flash.decoder), shape, dtype, DecodePlan())
+        return estimate_bytes(self.flash.decoder.memory_profile, shape, dtype, DecodePlan())
 
     # ---- decoding: Flash-VAED ----
 

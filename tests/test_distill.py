@@ -19,12 +19,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from flash_vaed import DecoderSpec, Family, FlashDecoder, Op, load_decoder, save_student
+from flash_vaed.arch.protocol import decode_raw
 from flash_vaed.arch.wan import WanFamilyDecoder
 from flash_vaed.distill import data, losses, schedule
 from flash_vaed.distill.config import DistillConfig, DistillError, describe_mismatch, flat_fields
 from flash_vaed.distill.loop import run
 from flash_vaed.distill.resume import read_checkpoint
-from flash_vaed.distill.student import run_decoder
 from support.reference_weights import generate, load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,7 +236,7 @@ def test_stage_recorder_sees_every_resolution_of_teacher_and_student():
     for m in (teacher, student):
         with losses.StageRecorder(m) as rec, torch.no_grad():
             rec.start(2)
-            run_decoder(m, z)
+            decode_raw(m, z)
         feats.append(rec.features)
     want = [(2, 3, 3), (3, 6, 6), (5, 12, 12), (5, 24, 24)]
     assert losses.pair_resolutions(feats[1], feats[0]) == want
@@ -247,7 +247,7 @@ def test_stage_recorder_sees_every_resolution_of_teacher_and_student():
 def _features(module, z):
     with losses.StageRecorder(module) as rec, torch.no_grad():
         rec.start(z.shape[0])
-        video = run_decoder(module, z)
+        video = decode_raw(module, z)
     return video, rec.features
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from flash_vaed.arch.protocol import decode_raw
 from flash_vaed.arch.wan import WanFamilyDecoder
 from flash_vaed.arch.wan22 import Wan22Decoder
 from flash_vaed.checkpoint.load import load_decoder, save_student
 from flash_vaed.engine.state import DecodeState
 from flash_vaed.presets import format_spec, parse_spec, resolve_spec, wan22_recipe
 from flash_vaed.prune import PruneConfig, build_student_from_teacher, prune_
-from flash_vaed.prune.calibrate import run_decoder
 from flash_vaed.prune.report import psnr_db
 from flash_vaed.prune.wan import wan22_teacher_spec, wan22_teacher_view
 from flash_vaed.spec import DecoderSpec, Family, Op, StageSpec
@@ -89,7 +89,7 @@ def test_the_recipe_student_starts_closer_to_the_teacher_than_random_weights(tea
     torch.manual_seed(0)
     random = WanFamilyDecoder(spec).eval()
     held = latents[-1:]
-    random_db = psnr_db(run_decoder(random, held), run_decoder(teacher, held))
+    random_db = psnr_db(decode_raw(random, held), decode_raw(teacher, held))
     assert report.psnr_db > random_db + 2, (report.psnr_db, random_db)
     assert student.family is Family.WAN22 and student.role == "student"
     assert report.student_parameters < report.teacher_parameters / 5

@@ -40,8 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..engine.state import DecodeState
 from ..errors import CheckpointError
 from ..latents import LatentNorm
+from ..spec import Family
 from .ltx import (
     ChannelLayerNorm,
     DepthToSpaceUp,
@@ -56,6 +58,7 @@ from .ltx import (
     temporal_context,
     unpatchify,
 )
+from .protocol import DecoderModule
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +381,7 @@ class LTX2Decoder(nn.Module):
         return unpatchify(x, self.patch_size)
 
 
-class LTX2TeacherDecoder(nn.Module):
+class LTX2TeacherDecoder(DecoderModule):
     """An LTX-2 family decoder built from a file's VAE config: RAW latents in, video out.
 
     The interface the engine uses for LTX-Video teachers (`LTXTeacherDecoder`), with the config's own
@@ -390,6 +393,8 @@ class LTX2TeacherDecoder(nn.Module):
       whole clip (no finite window is exact; nor is ComfyUI's own chunked decode). time_stride / space_stride: frames per latent frame, pixels per
       latent pixel. causal_decoder: the config's causal_decoder (convs look back only).
     """
+
+    family = Family.LTXV
 
     def __init__(self, cfg: LTX2DecoderConfig):
         super().__init__()
@@ -411,31 +416,23 @@ class LTX2TeacherDecoder(nn.Module):
         self.temporal_context = temporal_context(ops)
         if cfg.norm_layer == "group_norm":
             self.temporal_context = (WHOLE_CLIP, WHOLE_CLIP)
-        self.temporal_halo = max(self.temporal_context)
-        self._noise_scales = self._noise_draw_scales()
+        self.noise_scales = self._noise_draw_scales()
 
     @classmethod
     def from_comfy_config(cls, config: Mapping, origin: str = "config") -> LTX2TeacherDecoder:
         """From `json.loads(metadata["config"])["vae"]` (see `LTX2DecoderConfig.from_comfy_config`)."""
         return cls(LTX2DecoderConfig.from_comfy_config(config, origin))
 
-    # The 0.9.1 noise contract (draw order, cropping for tiles) and the forward checks are the same
-    # as LTX-Video's teacher: share its code rather than restate it.
+    # LTX-Video's injected-noise draw order (the 0.9.1 contract) holds here too: share its code
     _noise_draw_scales = LTXTeacherDecoder._noise_draw_scales
-    injects_noise = LTXTeacherDecoder.injects_noise
-    draw_spatial_noise = LTXTeacherDecoder.draw_spatial_noise
-    crop_spatial_noise = LTXTeacherDecoder.crop_spatial_noise
 
-    def forward(
-        self, z_raw: Tensor, *, timestep: float | None = None, spatial_noise: list[Tensor] | None = None
+    def _decode(
+        self, z_raw: Tensor, state: DecodeState | None, timestep: float | None, noise: list[Tensor]
     ) -> Tensor:
         """z_raw (B, C, T, H, W) raw latents -> video (B, 3, s_t (T-1) + 1, s H, s W), unclamped ~[-1, 1].
 
-        timestep: conditioned decoders only; default `decode_timestep`. spatial_noise: as
-        `LTXTeacherDecoder.forward` (only decoders with inject_noise blocks draw any).
-        """
-        t = self.decode_timestep if timestep is None else timestep
-        return LTXTeacherDecoder.forward(self, z_raw, timestep=t, spatial_noise=spatial_noise)
+        timestep: conditioned decoders only; default `decode_timestep`."""
+        return self.decoder(z_raw, self.decode_timestep if timestep is None else timestep, iter(noise))
 
 
 # ---- files -------------------------------------------------------------------------------------

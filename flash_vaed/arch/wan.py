@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
-from torch import nn
+from torch import Tensor, nn
 
 from ..engine.state import DecodeState
 from ..spec import DecoderSpec, Op
@@ -24,6 +24,7 @@ from .layers import (
     fold_frames,
     unfold_frames,
 )
+from .protocol import DecoderModule
 from .stage_shortcut import stage_shortcut
 
 
@@ -108,27 +109,39 @@ class WanDecoderBody(nn.Module):
         return unfold_frames(x, batch) if folded else x
 
 
-class WanFamilyDecoder(nn.Module):
-    """Raw Wan latents (B, C, T, H, W) -> video (B, 3, 4T-3, s*H, s*W), about [-1, 1], unclamped.
+class WanDecoderBase(DecoderModule):
+    """conv2, a body of causal stages, and the head's unpatchify: what every Wan-family layout shares."""
 
-    `forward(z, state)` decodes the next chunk of a stream; a fresh `DecodeState` decodes a whole clip.
+    causal = True
+    out_patch = 1
+    conv2: PointwiseConv3d
+    decoder: nn.Module
+
+    def _decode(
+        self, z_raw: Tensor, state: DecodeState | None, timestep: float | None, noise: list[Tensor]
+    ) -> Tensor:
+        out = self.decoder(self.conv2(z_raw), state)
+        state.latent_frames_seen += z_raw.shape[2]
+        if self.out_patch > 1:
+            p = self.out_patch
+            out = rearrange(out, "b (c r q) t h w -> b c t (h q) (w r)", q=p, r=p)
+        return out
+
+
+class WanFamilyDecoder(WanDecoderBase):
+    """Raw Wan latents (B, C, T, H, W) -> video (B, 3, 4T-3, s*H, s*W), about [-1, 1], unclamped: the Wan 2.1
+    teacher and every student, built from a `DecoderSpec`.
+
+    `forward(z, state)` decodes the next chunk of a stream; without a state it decodes a whole clip.
     """
 
     def __init__(self, spec: DecoderSpec):
         super().__init__()
         self.spec = spec
         self.family = spec.family
+        self.latent_channels = spec.latent_channels
+        self.time_stride = spec.time_stride
+        self.space_stride = spec.space_stride
+        self.out_patch = spec.out_patch
         self.conv2 = PointwiseConv3d(spec.latent_channels, spec.latent_channels)
         self.decoder = WanDecoderBody(spec)
-
-    @property
-    def causal(self) -> bool:
-        return True
-
-    def forward(self, z: torch.Tensor, state: DecodeState) -> torch.Tensor:
-        out = self.decoder(self.conv2(z), state)
-        state.latent_frames_seen += z.shape[2]
-        if self.spec.out_patch > 1:
-            p = self.spec.out_patch
-            out = rearrange(out, "b (c r q) t h w -> b c t (h q) (w r)", q=p, r=p)
-        return out

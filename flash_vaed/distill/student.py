@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from ..arch.ltx_student import LTXStudentDecoder, LTXStudentSpec
+from ..arch.protocol import decode_raw
 from ..arch.wan import WanFamilyDecoder
 from ..checkpoint.load import load_decoder
-from ..decoder import LTX_DECODE_TIMESTEP, FlashDecoder
-from ..engine.state import DecodeState
+from ..decoder import FlashDecoder
 from ..presets import PRESETS
 from ..presets import resolve_spec as preset_spec
 from ..prune import PruneConfig, build_student_from_teacher
@@ -27,32 +27,16 @@ log = logging.getLogger(__name__)
 StudentSpec = DecoderSpec | LTXStudentSpec
 
 
-def run_decoder(module: nn.Module, z_raw: torch.Tensor) -> torch.Tensor:
-    """Any of our decoder modules on raw latents (B, C, T, H, W) -> video (B, 3, T', H', W'), with grad if
-    enabled. Wan: one fresh DecodeState (whole clip); LTX: ComfyUI's decode timestep, zero injected noise
-    (the teacher's noise-free output is the target)."""
-    if getattr(module, "causal", False):
-        return module(z_raw, DecodeState(module))
-    kwargs = {}
-    if getattr(module, "timestep_conditioned", False):
-        kwargs["timestep"] = LTX_DECODE_TIMESTEP
-    if getattr(module, "injects_noise", False):
-        gen = torch.Generator(device=z_raw.device)
-        noise = module.draw_spatial_noise(tuple(z_raw.shape[-2:]), gen, z_raw.device, z_raw.dtype)
-        kwargs["spatial_noise"] = [torch.zeros_like(n) for n in noise]
-    return module(z_raw, **kwargs)
-
-
 def to_raw(decoder: FlashDecoder, latents: torch.Tensor) -> torch.Tensor:
     """ComfyUI latents -> the raw latents the bare module takes (LTX's LATENT is normalized)."""
     return latents if decoder.latent_norm is None else decoder.latent_norm.to_raw(latents)
 
 
 def stage_features(module: nn.Module, z_raw: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """`run_decoder` -> (video, {(T, H, W): the stage output at that resolution, float32})."""
+    """`decode_raw` -> (video, {(T, H, W): the stage output at that resolution, float32})."""
     with losses.StageRecorder(module) as rec:
         rec.start(z_raw.shape[0])
-        video = run_decoder(module, z_raw)
+        video = decode_raw(module, z_raw)
     return video, {r: f.float() for r, f in rec.features.items()}
 
 

@@ -33,7 +33,7 @@ What is pruned where (docs/pruning.md, "LTX-Video", has the reasoning and measur
   depthwise convs pad time causally while the teacher's are centred, so the weight-space prior moves the
   teacher's future tap onto the current frame (exact on static video).
 
-Calibration runs the teacher as training does (`distill.loop.run_decoder`): ComfyUI's decode timestep and
+Calibration runs the teacher as training does (`arch.protocol.decode_raw`): ComfyUI's decode timestep and
 zero injected noise, so the target is the teacher's noise-free output. Spatial padding: the student pads
 with zeros; a reflect-padded teacher differs at the borders, which the fits ignore.
 """
@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..arch.ltx import DECODE_TIMESTEP, DepthToSpaceUp, LTXTeacherDecoder, ResStack, TeacherResBlock, pad_time
+from ..arch.ltx import DepthToSpaceUp, LTXTeacherDecoder, ResStack, TeacherResBlock, pad_time
 from ..arch.ltx_student import (
     FrameConv2d,
     LTXStudentDecoder,
@@ -63,6 +63,7 @@ from ..arch.ltx_student import (
 )
 from ..decoder import FlashDecoder
 from ..spec import Family, Op
+from .calibrate import decode_clips
 from .fold import (
     Fold,
     InputMap,
@@ -79,32 +80,7 @@ from .wan import PruneConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_ltx_student", "pair_layouts", "run_ltx_decoder", "upsample_weight"]
-
-
-# ---- running the decoders -------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def run_ltx_decoder(module: nn.Module, z_raw: torch.Tensor, batch: int = 1) -> torch.Tensor:
-    """An LTX teacher or student on raw latents (N, 128, T, H, W) -> video (N, 3, 8T-7, 32H, 32W), float32.
-
-    Timestep-conditioned teachers run at ComfyUI's decode timestep and 0.9.1 with zero injected noise, as
-    `distill.loop.run_decoder` does: the noise-free decode is what the student learns."""
-    p = next(module.parameters())
-    videos = []
-    for z in z_raw.split(max(1, batch)):
-        z = z.to(p.device, p.dtype)
-        kwargs = {}
-        if getattr(module, "timestep_conditioned", False):
-            kwargs["timestep"] = DECODE_TIMESTEP
-        if getattr(module, "injects_noise", False):
-            noise = module.draw_spatial_noise(
-                tuple(z.shape[-2:]), torch.Generator(z.device), z.device, z.dtype
-            )
-            kwargs["spatial_noise"] = [torch.zeros_like(n) for n in noise]
-        videos.append(module(z, **kwargs).float())
-    return torch.cat(videos)
+__all__ = ["build_ltx_student", "pair_layouts", "upsample_weight"]
 
 
 # ---- pairing the two layouts ----------------------------------------------------------------------
@@ -492,7 +468,7 @@ class _LTXPruner:
             got.setdefault(name, []).append((view, source, inputs, tap.view is tap.source))
 
         with _taps(self.teacher, self.pairs, record):
-            run_ltx_decoder(self.teacher, latents, self.cfg.batch)
+            decode_clips(self.teacher, latents, self.cfg.batch)
         n = self.cfg.rows
         return {
             name: Rows(
@@ -519,7 +495,7 @@ class _LTXPruner:
             got.setdefault(name, []).append((patches, _rows(tap.out, index, req.kept_out)))
 
         with _taps(self.teacher, self.pairs, record):
-            run_ltx_decoder(self.teacher, latents, self.cfg.batch)
+            decode_clips(self.teacher, latents, self.cfg.batch)
         rows = self.cfg.patch_rows
         return {
             n: (torch.cat([p for p, _ in parts])[:rows], torch.cat([t for _, t in parts])[:rows])
@@ -701,7 +677,7 @@ class _LTXPruner:
         psnr = None
         if held is not None:
             psnr = psnr_db(
-                run_ltx_decoder(self.student, held, cfg.batch), run_ltx_decoder(self.teacher, held, cfg.batch)
+                decode_clips(self.student, held, cfg.batch), decode_clips(self.teacher, held, cfg.batch)
             )
         return build_report(
             type(self.teacher).__name__,

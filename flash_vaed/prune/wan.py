@@ -62,7 +62,7 @@ from ..arch.wan import WanFamilyDecoder
 from ..arch.wan22 import Wan22Decoder
 from ..decoder import FlashDecoder
 from ..spec import DecoderSpec, Family, Op, StageSpec
-from .calibrate import PatchRequest, collect_inputs, collect_patches, run_decoder
+from .calibrate import PatchRequest, collect_inputs, collect_patches, decode_clips
 from .fold import (
     Fold,
     fit_input_map,
@@ -609,7 +609,7 @@ class _WanPruner:
         psnr = None
         if held is not None:
             psnr = psnr_db(
-                run_decoder(self.student, held, cfg.batch), run_decoder(self.teacher, held, cfg.batch)
+                decode_clips(self.student, held, cfg.batch), decode_clips(self.teacher, held, cfg.batch)
             )
         return build_report(
             self.teacher.spec.name,
@@ -680,4 +680,5 @@ def prune_(decoder: FlashDecoder | WanFamilyDecoder, config: PruneConfig, calib:
         decoder.role = "student"
         decoder.layout = f"flash-vaed:{config.target.name}"
         decoder.info = {**decoder.info, "parameters": report.student_parameters}
+        vars(decoder).pop("memory_profile", None)  # measured on the teacher: measure the student anew
     return report
