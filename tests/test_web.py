@@ -86,12 +86,23 @@ DECODE_GRAPH = {
 # One of each of our nodes, unconnected: what the tooltip test hovers.
 OUR_NODES = {
     "1": {"class_type": "FlashVAEDLoad", "inputs": {"decoder_name": "Flash_VAED_Wan.pth", "dtype": "auto"}},
-    "2": {"class_type": "FlashVAEDDecode", "inputs": DECODE_GRAPH["3"]["inputs"] | {"flash_vaed": None}},
+    "2": {
+        "class_type": "FlashVAEDDecode",
+        "inputs": {"mode": "auto", "chunk_frames": 4, "tile_px": 512, "overlap_px": 64},
+    },
     "3": {
         "class_type": "FlashVAEDPruneDistill",
-        "inputs": {"videos": "(none)", "preset": "auto", "steps": 10, "seed": 0, "output_name": "student",
-                   "crop_px": 128, "clip_frames": 17, "resume": False},
-    },  # fmt: skip
+        "inputs": {
+            "videos": "(none)",
+            "preset": "auto",
+            "steps": 10,
+            "seed": 0,
+            "output_name": "student",
+            "crop_px": 128,
+            "clip_frames": 17,
+            "resume": False,
+        },
+    },
 }
 # Where a user rests the mouse for each tooltip of a node, in graph coordinates: [kind, name, index, [x, y]].
 HOVER_SPOTS_JS = """id => { const n = window.app.graph.getNodeById(id); const spots = [];
@@ -171,7 +182,9 @@ def server(comfy_root: Path, frontend: str, tmp_path_factory: pytest.TempPathFac
     emitter.write_text(EMITTER.format(path=str(REPO_ROOT / "flash_vaed" / "distill_messages.py")))
     models = write_models(root / "models")
     nodes = [REPO_ROOT, emitter]
-    with comfy_server(comfy_root, nodes=nodes, models_dir=models, run_dir=root / "run", frontend=version) as url:
+    with comfy_server(
+        comfy_root, nodes=nodes, models_dir=models, run_dir=root / "run", frontend=version
+    ) as url:
         yield url
 
 

@@ -83,6 +83,55 @@ def expected_version(name: str, comfy_root: Path) -> str:
     raise ValueError(f"{comfy_root}/requirements.txt pins no comfyui-frontend-package")
 
 
+# What frontends write differently for one graph: node sizes (each grows a node to the minimum its own fonts
+# and widgets need), the derived execution `order`, and 1.58's `widgets_values_named` (see named_value_problems).
+_NODE_LAYOUT_KEYS = frozenset({"size", "order", "widgets_values_named"})
+_GROUP_DEFAULT_FONT_SIZE = 24  # 1.32 writes it, 1.58 leaves the default out
+
+
+def workflow_meaning(workflow: dict) -> dict:
+    """A saved UI-format workflow without what frontends write differently for the same graph, so that two
+    exports can be compared on what they mean (nodes, links, groups, widget values, subgraphs).
+
+    Left out: the workflow's ``id`` and ``extra`` (view, frontend version), each node's ``size``, ``order`` and
+    ``widgets_values_named``, an empty ``widgets_values`` (1.58 writes none), a group's default ``font_size``.
+    Everything else is kept as saved, so a change a frontend makes to the graph itself still shows.
+    """
+
+    def node(n: dict) -> dict:
+        kept = {k: v for k, v in n.items() if k not in _NODE_LAYOUT_KEYS}
+        if kept.get("widgets_values") == []:
+            del kept["widgets_values"]
+        return kept
+
+    def group(g: dict) -> dict:
+        return {k: v for k, v in g.items() if not (k == "font_size" and v == _GROUP_DEFAULT_FONT_SIZE)}
+
+    def graph(g: dict, drop: tuple[str, ...] = ()) -> dict:
+        kept = {k: v for k, v in g.items() if k not in drop}
+        kept["nodes"] = sorted((node(n) for n in g.get("nodes", [])), key=lambda n: str(n["id"]))
+        kept["groups"] = [group(x) for x in g.get("groups", [])]
+        return kept
+
+    meaning = graph(workflow, drop=("id", "extra", "definitions"))
+    subgraphs = (workflow.get("definitions") or {}).get("subgraphs") or []  # their ids are node types: kept
+    meaning["subgraphs"] = sorted((graph(sg) for sg in subgraphs), key=lambda sg: str(sg.get("id")))
+    return meaning
+
+
+def named_value_problems(workflow: dict) -> list[str]:
+    """Nodes whose ``widgets_values_named`` (written by 1.58) disagree with their ``widgets_values``."""
+    nodes = list(workflow.get("nodes", [])) + [
+        n for sg in (workflow.get("definitions") or {}).get("subgraphs") or [] for n in sg.get("nodes", [])
+    ]
+    return [
+        f"node {n['id']} ({n['type']}): {n['widgets_values_named']} vs {n.get('widgets_values')}"
+        for n in nodes
+        if "widgets_values_named" in n
+        and list(n["widgets_values_named"].values()) != n.get("widgets_values", [])
+    ]
+
+
 @dataclass
 class Frontend:
     """One page of the ComfyUI frontend; ``console_errors`` collects console errors and page exceptions."""
