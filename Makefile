@@ -40,4 +40,4 @@ browser:
 	PYTHON=$(PYTHON) tests/harness/install_browser.sh
 
 demo: install
-	$(PYTHON) -m flash_vaed.demo
+	$(PYTHON) -m training.demo

@@ -35,11 +35,13 @@ import time
 from pathlib import Path
 
 import torch
-from decode_speed import DTYPES, PeakMemory, build_ours, parse_shape, seeded_latent, video_of
+from decode_speed import DTYPES, build_ours, memory_kind, parse_shape, seeded_latent, video_of
 
 from flash_vaed import DecoderSpec, Family
-from flash_vaed.arch.ltx_student import LTXStudentSpec
 from flash_vaed.decoder import FlashDecoder
+from flash_vaed.engine.decode import DecodePlan
+from flash_vaed.engine.memory import PeakMemory
+from flash_vaed.presets import resolve_spec
 
 log = logging.getLogger("bench.decode_memory")
 
@@ -50,50 +52,17 @@ DEFAULTS = {
 }
 
 
-def resolve(name: str):
-    """A decoder spec by preset name (flash_vaed.presets when present)."""
-    try:
-        from flash_vaed.presets import resolve_spec
-
-        return resolve_spec(name)
-    except ImportError:
-        known = {"wan21-official": DecoderSpec.flashvaed_wan21, "wan21-teacher": DecoderSpec.wan21_teacher}
-        known["ltx-official"] = LTXStudentSpec.official
-        if name not in known:
-            raise SystemExit(f"unknown decoder {name!r}: one of {', '.join(known)}") from None
-        return known[name]()
-
-
 class StateProbe:
-    """Reads DecodeState.nbytes() of the stream the engine is decoding, after every chunk.
-
-    FlashDecoder makes its streams inside decode(); wrapping the region's new_stream on this instance is
-    the one way to see them without changing the library. Only the current stream is referenced, so the
-    probe keeps no extra state alive beyond the end of the decode.
-    """
+    """The largest DecodeState.nbytes() of the streams a decode carries: a forward hook on the decoder
+    module sees the state of every chunk right after the chunk went through."""
 
     def __init__(self, dec: FlashDecoder):
-        self.current = None
         self.max_nbytes = 0
-        make_region = dec._region
+        dec.module.register_forward_hook(self._record)
 
-        def region(*args, **kwargs):
-            r = make_region(*args, **kwargs)
-            if r.causal:
-                new_stream = r.new_stream
-
-                def recording_stream():
-                    self.current = new_stream()
-                    return self.current
-
-                r.new_stream = recording_stream
-            return r
-
-        dec._region = region
-
-    def on_progress(self, done: int, total: int) -> None:
-        if self.current is not None:
-            self.max_nbytes = max(self.max_nbytes, self.current.nbytes())
+    def _record(self, _module, args: tuple, _output) -> None:
+        if len(args) > 1 and args[1] is not None:
+            self.max_nbytes = max(self.max_nbytes, args[1].nbytes())
 
 
 # ---- child: one configuration in its own process -------------------------------------------------------
@@ -103,23 +72,17 @@ def child(cfg: dict) -> dict:
     device = torch.device(cfg["device"])
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
-    dec = build_ours("student", resolve(cfg["decoder"]), seed=1).to(device, DTYPES[cfg["dtype"]])
+    dec = build_ours("student", resolve_spec(cfg["decoder"]), seed=1).to(device, DTYPES[cfg["dtype"]])
     z = seeded_latent(tuple(cfg["latent"])).to(device)
     probe = StateProbe(dec)
-    memory = PeakMemory(device, cpu_note="VmHWM in a fresh process per configuration")
+    memory = PeakMemory(device)
     peaks, bases, abs_peaks, times = [], [], [], []
     out_mb = None
     for _ in range(cfg["repeats"]):
         memory.start()
         start = time.perf_counter()
-        out = dec.decode(
-            z,
-            chunk_frames=cfg["chunk_frames"],
-            tile_px=cfg["tile_px"],
-            overlap_px=cfg["overlap_px"],
-            on_progress=probe.on_progress,
-            out_device=cfg["out_device"],
-        )
+        plan = DecodePlan(cfg["chunk_frames"], cfg["tile_px"], cfg["overlap_px"])
+        out = dec.decode(z, plan, out_device=cfg["out_device"])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
@@ -138,7 +101,7 @@ def child(cfg: dict) -> dict:
         "state_mb": probe.max_nbytes / 2**20 if dec.causal else None,
         "output_mb": out_mb,
         "weights_mb": sum(p.numel() * p.element_size() for p in dec.module.parameters()) / 2**20,
-        "memory_kind": memory.kind,
+        "memory_kind": memory_kind(device, cpu_note="VmHWM in a fresh process per configuration"),
     }
 
 
@@ -155,7 +118,7 @@ def run_child(cfg: dict, timeout_s: float) -> dict:
 
 
 def configs(args, device: torch.device) -> list[dict]:
-    family = resolve(args.decoder)
+    family = resolve_spec(args.decoder)
     family = family.family if isinstance(family, DecoderSpec) else Family.LTXV
     channels = family.latent_channels
     h, w = args.latent_hw

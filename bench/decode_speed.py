@@ -9,7 +9,7 @@ values), so this runs offline without any model file:
 
 * ComfyUI:  `comfy.ldm.wan.vae.WanVAE` (dim 96, as comfy.sd builds it for the Wan 2.1 VAE) and
             `comfy.ldm.lightricks.vae.causal_video_autoencoder.VideoVAE(version=...)`, imported from the
-            installed ComfyUI ($FLASH_VAED_COMFYUI, else <repo>/.cache/comfyui, else <repo>/.comfyui) and
+            installed ComfyUI ($FLASH_VAED_COMFYUI, else <repo>/.cache/comfyui, as the tests find it) and
             given the SAME weights as our teacher, so both compute the same function (the table's
             "vs teacher" check shows how close). Timed at the model level (`model.decode(z)`), i.e. without
             comfy.sd.VAE's memory planning, clamping and moving frames to the CPU.
@@ -34,8 +34,6 @@ is taken off sys.path before ComfyUI's root is put first. Run this file as a scr
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import logging
 import math
@@ -43,7 +41,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,9 +51,12 @@ import torch
 from flash_vaed import DecoderSpec, Family
 from flash_vaed.arch.ltx import LTXTeacherDecoder
 from flash_vaed.arch.ltx_student import LTXStudentDecoder, LTXStudentSpec
+from flash_vaed.arch.protocol import decode_raw
 from flash_vaed.arch.wan import WanFamilyDecoder
 from flash_vaed.decoder import FlashDecoder
+from flash_vaed.engine.memory import PeakMemory
 from flash_vaed.latents import LatentNorm
+from flash_vaed.presets import PRESETS as NAMED_PRESETS
 
 log = logging.getLogger("bench.decode_speed")
 
@@ -130,14 +130,9 @@ def build_ours(kind: str, spec, seed: int) -> FlashDecoder:
 
 
 def extra_presets(family: Family) -> list[tuple[str, object]]:
-    """Full-size layouts from flash_vaed.presets (a teammate's file; absent in older checkouts)."""
-    try:
-        from flash_vaed.presets import PRESETS as NAMED
-    except ImportError:
-        log.info("flash_vaed.presets not found: benching the official layouts only")
-        return []
+    """The full-size layouts of flash_vaed.presets of this family."""
     out = []
-    for name, factory in NAMED.items():
+    for name, factory in NAMED_PRESETS.items():
         if name in _COVERED_PRESETS or "tiny" in name:
             continue
         spec = factory()
@@ -151,11 +146,14 @@ def extra_presets(family: Family) -> list[tuple[str, object]]:
 
 
 def comfy_root(arg: str | None) -> Path | None:
-    candidates = [arg, os.environ.get("FLASH_VAED_COMFYUI"), REPO / ".cache" / "comfyui", REPO / ".comfyui"]
-    for c in candidates:
-        if c and (Path(c) / "comfy" / "ldm").is_dir():
-            return Path(c).resolve()
-    return None
+    """The installed ComfyUI the tests use too (`arg`, else $FLASH_VAED_COMFYUI, else <repo>/.cache/comfyui),
+    or None when there is none."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from harness.server import comfy_installed
+    from harness.server import comfy_root as harness_root
+
+    root = harness_root(arg)
+    return root if comfy_installed(root) else None
 
 
 def import_comfy(root: Path, device: torch.device):
@@ -221,82 +219,11 @@ def _load_decoder_weights(model: torch.nn.Module, state: dict) -> torch.nn.Modul
 # ---- memory --------------------------------------------------------------------------------------------
 
 
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss
-    except ImportError:
-        return None
-
-
-def _malloc_trim() -> None:
-    # glibc keeps freed heap pages resident; trimming first makes the RSS increase of the next decode
-    # count its own allocations instead of reusing what an earlier decode left behind
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class PeakMemory:
-    """Peak memory of one decode, as bytes over what was in use right before it."""
-
-    def __init__(self, device: torch.device, cpu_note: str = "process-wide, in-process: indicative"):
-        self.device = device
-        self.kind = (
-            "cuda max_memory_allocated during the decode minus allocated before it"
-            if device.type == "cuda"
-            else f"cpu peak RSS increase during the decode ({cpu_note})"
-        )
-        self.base = 0  # bytes in use right before the decode (CUDA: allocated; CPU: RSS)
-        self.peak = 0  # absolute peak during the decode, same measure
-        self._sampler: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._peak = 0
-
-    def start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            return
-        _malloc_trim()
-        self.base = _rss_bytes() or 0
-        self._peak = self.base
-        self._sampler = None
-        try:  # Linux >= 4.0: resets VmHWM (peak RSS) to the current RSS
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self._hwm = True
-        except OSError:
-            self._hwm = False
-            self._stop.clear()
-            self._sampler = threading.Thread(target=self._sample, daemon=True)
-            self._sampler.start()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.001):
-            self._peak = max(self._peak, _rss_bytes() or 0)
-
-    def stop(self) -> int | None:
-        """Peak bytes over `base` (None where nothing could be measured); sets `peak` too."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-            return self.peak - self.base
-        if self._sampler is not None:
-            self._stop.set()
-            self._sampler.join()
-            self.peak = self._peak
-        elif self._hwm:
-            with open("/proc/self/status") as f:
-                hwm = [int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")]
-            self.peak = hwm[0] if hwm else 0
-        return self.peak - self.base if self.peak and self.base else None
+def memory_kind(device: torch.device, cpu_note: str = "process-wide, in-process: indicative") -> str:
+    """What the peak_mem_mb of a `PeakMemory` measured on `device` counts, for the report."""
+    if device.type == "cuda":
+        return "cuda max_memory_allocated during the decode minus allocated before it"
+    return f"cpu peak RSS increase during the decode ({cpu_note})"
 
 
 # ---- the bench -------------------------------------------------------------------------------------------
@@ -376,20 +303,9 @@ def cuda_graph(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> C
 
 
 def module_call(dec: FlashDecoder) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The decoder's whole-clip module call, without FlashDecoder's host-side latent check."""
-    from flash_vaed.engine.state import DecodeState
-
-    if dec.causal:
-        return lambda z: dec.module(z.to(dec.dtype), DecodeState(dec.module))
+    """The decoder's whole-clip module call (`decode_raw`), without FlashDecoder's host-side latent check."""
     norm = dec.latent_norm
-
-    def ltx(z: torch.Tensor) -> torch.Tensor:
-        raw = norm.to_raw(z) if norm is not None else z
-        if dec.timestep_conditioned:
-            return dec.module(raw.to(dec.dtype), timestep=0.05)
-        return dec.module(raw.to(dec.dtype))
-
-    return ltx
+    return lambda z: decode_raw(dec.module, (z if norm is None else norm.to_raw(z)).to(dec.dtype))
 
 
 def build_entries(args, device: torch.device, dtype: torch.dtype) -> tuple[list[Entry], dict]:
@@ -513,7 +429,7 @@ def compare_to_comfy(entries: list[Entry], outputs: dict[str, torch.Tensor]) -> 
 
 
 def _draws_noise(entry: Entry) -> bool:
-    return bool(getattr(entry.module, "timestep_conditioned", False))
+    return entry.module.timestep_conditioned
 
 
 def run_bench(args) -> dict:
@@ -613,7 +529,7 @@ def report(entries, args, device, dtype, info, memory, load_before) -> dict:
             "seconds_all": [e.times[r] for r in sorted(e.times)],
             "fps": frames / med if med else None,
             "peak_mem_mb": round(max(e.peaks) / 2**20, 1) if e.peaks else None,
-            "peak_mem_kind": memory.kind if memory is not None else None,
+            "peak_mem_kind": memory_kind(device) if memory is not None else None,
             "speedup_vs_comfy": vs_comfy["median"],
             "speedup_vs_comfy_best": vs_comfy["best"],
             "speedup_vs_comfy_paired": vs_comfy["paired"],
@@ -647,7 +563,7 @@ def report(entries, args, device, dtype, info, memory, load_before) -> dict:
         "warmup": args.warmup,
         "repeats": args.repeats,
         "interleaved": True,
-        "peak_mem_kind": memory.kind if memory is not None else None,
+        "peak_mem_kind": memory_kind(device) if memory is not None else None,
         "machine": machine,
         **info,
         "decoders": rows,
@@ -759,7 +675,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=1, help="untimed full-size decodes per decoder")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (median reported)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--comfyui", help="ComfyUI root (default $FLASH_VAED_COMFYUI, .cache/comfyui, .comfyui)")
+    ap.add_argument("--comfyui", help="ComfyUI root (default $FLASH_VAED_COMFYUI, else .cache/comfyui)")
     ap.add_argument("--no-comfy", action="store_true", help="do not import ComfyUI (no speedup_vs_comfy)")
     ap.add_argument("--require-comfy", action="store_true", help="fail instead of skipping without ComfyUI")
     ap.add_argument("--no-memory", action="store_true", help="do not measure peak memory")

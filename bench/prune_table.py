@@ -24,7 +24,7 @@ import torch
 
 from flash_vaed.arch.wan import WanFamilyDecoder
 from flash_vaed.prune import PruneConfig, build_student_from_teacher, psnr_db
-from flash_vaed.prune.calibrate import run_decoder
+from flash_vaed.prune.calibrate import decode_clips
 from flash_vaed.prune.synthetic import make_redundant_
 from flash_vaed.spec import DecoderSpec, Op
 
@@ -44,7 +44,7 @@ def make_teacher(dim: int, redundant: bool, noise: float = 0.01) -> WanFamilyDec
 
 def zeros_psnr(teacher: WanFamilyDecoder, held: torch.Tensor) -> float:
     """The floor: PSNR of an all-zero video against the teacher's."""
-    want = run_decoder(teacher, held)
+    want = decode_clips(teacher, held)
     return psnr_db(torch.zeros_like(want), want)
 
 
@@ -91,7 +91,7 @@ def prune_table(dim: int, latents: torch.Tensor) -> str:
 def operator_table(dim: int, latents: torch.Tensor, sequential: bool = False) -> str:
     teacher = make_teacher(dim, redundant=True)
     held = latents[-2:]
-    want = run_decoder(teacher, held)
+    want = decode_clips(teacher, held)
     lines = [
         "| student | parameters | mean conv error of the init | fitted init (ours) | random init | zeros |"
         + (" sequential refit |" if sequential else ""),
@@ -109,7 +109,7 @@ def operator_table(dim: int, latents: torch.Tensor, sequential: bool = False) ->
         _, report = build_student_from_teacher(teacher, spec, latents, cfg)
         torch.manual_seed(0)
         random_student = WanFamilyDecoder(spec).eval()
-        random_psnr = psnr_db(run_decoder(random_student, held), want)
+        random_psnr = psnr_db(decode_clips(random_student, held), want)
         ops = [r.error for r in report.layers if r.kind == "operator"]
         line = (
             f"| {label} | {report.student_parameters:,} of {report.teacher_parameters:,} | "

@@ -25,17 +25,10 @@ import torch  # noqa: E402
 
 from flash_vaed import load_decoder, load_encoder  # noqa: E402
 from flash_vaed.distill.loop import run  # noqa: E402
-from flash_vaed.engine.cpu import fast_cpu_training  # noqa: E402
 from flash_vaed.quality import held_out_clips, measure, write_report  # noqa: E402
-from flash_vaed.teacher import embedded_teacher  # noqa: E402
-from flash_vaed.teacher.clips import template_clips_dir  # noqa: E402
-from flash_vaed.teacher.student import (  # noqa: E402
-    HALF_LAYOUT,
-    QUARTER_LAYOUT,
-    demo_config,
-    held_out_names,
-    link_training_clips,
-)
+from training.cpu import fast_cpu_training  # noqa: E402
+from training.demo import HALF_LAYOUT, QUARTER_LAYOUT, demo_config, held_out_names, link_training_clips  # noqa: E402
+from training.teacher import embedded_teacher, template_clips_dir  # noqa: E402
 
 LAYOUTS = {"quarter": QUARTER_LAYOUT, "half": HALF_LAYOUT}
 log = logging.getLogger("bench.quality")
@@ -70,7 +63,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # CPU runs: no fresh zeroed pages every step, no slow subnormal arithmetic (flash_vaed.engine.cpu)
+    # CPU runs: no fresh zeroed pages every step, no slow subnormal arithmetic (training/cpu.py)
     with fast_cpu_training():
         return _main(parse(argv))
 

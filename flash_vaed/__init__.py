@@ -10,11 +10,13 @@ This package never imports ComfyUI.
 from .checkpoint.load import load_decoder, save_student
 from .decoder import FlashDecoder
 from .encoder import FlashEncoder, load_encoder
+from .engine.decode import DecodePlan
 from .errors import CheckpointError, FlashVAEDError, LatentError
 from .spec import DecoderSpec, Family, Op, StageSpec
 
 __all__ = [
     "CheckpointError",
+    "DecodePlan",
     "DecoderSpec",
     "Family",
     "FlashDecoder",

@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
-import logging
+import functools
 from dataclasses import dataclass, field
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
 
+from .arch.ltx import DECODE_NOISE_SCALE as LTX_DECODE_NOISE_SCALE
+from .arch.ltx import DECODE_TIMESTEP as LTX_DECODE_TIMESTEP
+from .arch.ltx import mix_decode_noise
+from .arch.protocol import DecoderModule
 from .engine.decode import DecodePlan, ProgressFn, frames_of_latents, run_decode
 from .engine.limits import check_output_fits
+from .engine.memory import DecoderProfile, profile_module
 from .engine.state import DecodeState
 from .engine.tiles import Tile
 from .latents import LatentNorm, check_latents
+from .policy import decode_with_fallback
 from .spec import Family
 
-log = logging.getLogger(__name__)
-
-# ComfyUI's LTX-Video decode defaults (0.9.1+ decoders are timestep-conditioned)
-LTX_DECODE_TIMESTEP = 0.05
-LTX_DECODE_NOISE_SCALE = 0.025
+Wrapper = TypeVar("Wrapper", bound="RunsOnModule")
 
 
 class RunsOnModule:
-    """Device and dtype of a wrapper's `module` (decoders and encoders alike)."""
+    """Device, dtype and moves of a wrapper's `module` and its latent statistics (decoders and encoders)."""
 
     module: nn.Module
+    latent_norm: LatentNorm | None
 
     @property
     def device(self) -> torch.device:
@@ -35,6 +39,17 @@ class RunsOnModule:
     def dtype(self) -> torch.dtype:
         return next(self.module.parameters()).dtype
 
+    def to(
+        self: Wrapper, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Wrapper:
+        self.module.to(device=device, dtype=dtype)
+        if self.latent_norm is not None and device is not None:
+            self.latent_norm = self.latent_norm.to(device)
+        return self
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
 
 @dataclass
 class FlashDecoder(RunsOnModule):
@@ -42,46 +57,42 @@ class FlashDecoder(RunsOnModule):
 
     family:  the latent space it reads ("wan21" | "wan22" | "ltxv").
     role:    "teacher" (an original VAE decoder) or "student" (a Flash-VAED decoder).
-    module:  the torch module; raw latents in, frames out.
+    module:  the decoder module (`arch.protocol.DecoderModule`); raw latents in, frames out.
     latent_norm: converts ComfyUI-space latents to the module's raw latents (LTX), or None (Wan).
-    layout:  name of the checkpoint layout it was loaded from.
+    layout:  name of the checkpoint layout it was loaded from (for people: nothing dispatches on it).
     """
 
     family: Family
     role: str
-    module: nn.Module
+    module: DecoderModule
     latent_norm: LatentNorm | None = None
     layout: str = "unknown"
     info: dict = field(default_factory=dict)
 
     @property
     def causal(self) -> bool:
-        return bool(getattr(self.module, "causal", False))
+        return self.module.causal
 
     @property
     def timestep_conditioned(self) -> bool:
-        return bool(getattr(self.module, "timestep_conditioned", False))
+        return self.module.timestep_conditioned
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> FlashDecoder:
-        self.module.to(device=device, dtype=dtype)
-        if self.latent_norm is not None:
-            self.latent_norm = LatentNorm(
-                self.latent_norm.mean.to(device or "cpu"), self.latent_norm.std.to(device or "cpu")
-            )
-        return self
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.module.parameters())
+    @functools.cached_property
+    def memory_profile(self) -> DecoderProfile:
+        """What the decoder needs per output pixel, measured once without running it for real (see
+        `engine.memory`); `del decoder.memory_profile` after changing the module in place."""
+        return profile_module(self.module)
 
     @torch.inference_mode()
     def decode(
         self,
         latents: torch.Tensor,
+        plan: DecodePlan | Literal["auto"] | None = None,
+        *,
         chunk_frames: int | None = None,
         tile_px: int | None = None,
         overlap_px: int | None = None,
         on_progress: ProgressFn | None = None,
-        *,
         timestep: float = LTX_DECODE_TIMESTEP,
         noise_scale: float = LTX_DECODE_NOISE_SCALE,
         generator: torch.Generator | None = None,
@@ -92,8 +103,11 @@ class FlashDecoder(RunsOnModule):
 
         latents: (B, C, T, H, W) exactly as ComfyUI's LATENT["samples"] holds them for this family
                  (Wan: raw; LTX: normalized).
-        chunk_frames: latent frames per streaming step (None: whole clip).
-        tile_px, overlap_px: spatial tiles in output pixels (None: no tiling).
+        plan:    a `DecodePlan` (chunks and tiles), or "auto": the fastest plan that fits in the memory
+                 free on the decoder's device, made leaner on out-of-memory (`flash_vaed.policy`).
+                 None: the plan of chunk_frames / tile_px / overlap_px, which default to the whole clip
+                 at once (chunk_frames: latent frames per streaming step; tile_px, overlap_px: spatial
+                 tiles in output pixels).
         on_progress(done, total): called after each chunk of each tile; raise from it to stop.
         timestep, noise_scale, generator: LTX 0.9.1+ only, ComfyUI's decode noise; noise_scale=0 is
                  deterministic, a seeded generator reproduces a seeded ComfyUI decode.
@@ -101,94 +115,51 @@ class FlashDecoder(RunsOnModule):
                  alone exceeds it is refused with `OutputTooLargeError` before anything is allocated.
         Returns float32 (B, 3, T_out, H_out, W_out) in about [-1, 1] (not clamped).
         """
+        keywords = (chunk_frames, tile_px, overlap_px)
+        if plan is not None and keywords != (None, None, None):
+            raise TypeError("give decode() either a plan or chunk_frames / tile_px / overlap_px, not both")
+        options = dict(timestep=timestep, noise_scale=noise_scale, generator=generator, out_device=out_device)
+        if plan == "auto":
+            check_latents(latents, self.family)
+            return decode_with_fallback(
+                self, latents, "auto", on_progress, available_bytes=available_bytes, **options
+            ).frames
+        plan = DecodePlan(*keywords) if plan is None else plan
         check_latents(latents, self.family)
-        plan = DecodePlan(chunk_frames, tile_px, overlap_px)
         check_output_fits(self._output_shape(latents.shape), out_device or self.device, available_bytes)
         z = latents.to(device=self.device, dtype=torch.float32)
-        region = self._region(z, timestep, noise_scale, generator)
+        region = _Region(self, timestep, noise_scale, generator)
         return run_decode(region, region.prepare(z), plan, on_progress, out_device=out_device or self.device)
 
     def _output_shape(self, latent_shape: torch.Size) -> tuple[int, int, int, int, int]:
         b, _, t, h, w = latent_shape
-        s = int(getattr(self.module, "space_stride", self.family.space_stride))
-        ts = int(getattr(self.module, "time_stride", self.family.time_stride))
+        s, ts = self.module.space_stride, self.module.time_stride
         return (b, 3, frames_of_latents(0, t, ts)[1], h * s, w * s)
 
-    def _region(
-        self, z: torch.Tensor, timestep: float, noise_scale: float, generator: torch.Generator | None
-    ):
-        if self.causal:
-            return _CausalRegion(self.module, self.dtype)
-        return _WindowedRegion(
-            self.module, self.dtype, self.latent_norm, z.shape, timestep, noise_scale, generator
-        )
 
+class _Region:
+    """Latent crops -> frames, the way ComfyUI decodes. Causal decoders (Wan) get chunks and a stream state
+    per tile. For LTX-Video the whole latent is noised (timestep-conditioned versions) and un-normalized
+    once, as ComfyUI does, before windows and tiles see crops of it; the decoder's injected spatial noise
+    is drawn once for the whole latent and cropped per tile, so every window and tile sees the same noise."""
 
-class _CausalRegion:
-    """Wan family: chunks flow through one DecodeState per tile."""
-
-    causal = True
-    temporal_halo = 0
-
-    def __init__(self, module: nn.Module, dtype: torch.dtype):
-        self.module, self.dtype = module, dtype
-        self.time_stride = module.family.time_stride
-        self.space_stride = module.family.space_stride
-
-    def prepare(self, z: torch.Tensor) -> torch.Tensor:
-        return z
-
-    def new_stream(self) -> DecodeState:
-        return DecodeState(self.module)
-
-    def __call__(self, z: torch.Tensor, stream: DecodeState | None, tile: Tile) -> torch.Tensor:
-        return self.module(z.to(self.dtype), stream)
-
-
-class _WindowedRegion:
-    """LTX-Video: the whole latent is un-normalized and noised once (as ComfyUI does), then windows and
-    tiles see crops of it; the decoder's injected spatial noise is drawn once and cropped per tile."""
-
-    causal = False
-
-    def __init__(self, module, dtype, latent_norm, shape, timestep, noise_scale, generator):
-        self.module, self.dtype, self.latent_norm = module, dtype, latent_norm
-        self.time_stride = module.time_stride
-        self.space_stride = module.space_stride
-        self.temporal_halo = module.temporal_halo
-        self.temporal_context = tuple(getattr(module, "temporal_context", (module.temporal_halo,) * 2))
-        self.conditioned = bool(getattr(module, "timestep_conditioned", False))
-        self.timestep = timestep if self.conditioned else None
-        self.noise_scale = noise_scale if self.conditioned else 0.0
-        self.generator = generator
+    def __init__(self, decoder: FlashDecoder, timestep: float, noise_scale: float, generator):
+        self.module, self.dtype, self.latent_norm = decoder.module, decoder.dtype, decoder.latent_norm
+        self.timestep, self.noise_scale, self.generator = timestep, noise_scale, generator
         self.spatial_noise = None
-        self.latent_hw = tuple(shape[-2:])
 
     def prepare(self, z: torch.Tensor) -> torch.Tensor:
-        from .arch.ltx import mix_decode_noise
-
         # ComfyUI draws the latent noise even at scale 0, then un-normalizes, then the decoder draws its
         # injected noise: same order here, so a seeded generator reproduces a seeded ComfyUI decode
-        if self.conditioned:
+        if self.module.timestep_conditioned:
             z = mix_decode_noise(z, self.noise_scale, self.generator)
         if self.latent_norm is not None:
             z = self.latent_norm.to_raw(z)
-        if getattr(self.module, "injects_noise", False):
-            # drawn once for the whole latent, so every window and tile sees the same noise
-            self.spatial_noise = self.module.draw_spatial_noise(
-                self.latent_hw, self.generator, z.device, self.dtype
-            )
+        self.spatial_noise = self.module.draw_spatial_noise(
+            tuple(z.shape[-2:]), self.generator, z.device, self.dtype
+        )
         return z
 
-    def new_stream(self) -> None:
-        return None
-
-    def __call__(self, z: torch.Tensor, stream: None, tile: Tile) -> torch.Tensor:
-        kwargs = {}
-        if self.conditioned:
-            kwargs["timestep"] = self.timestep
-        if self.spatial_noise is not None:
-            kwargs["spatial_noise"] = self.module.crop_spatial_noise(
-                self.spatial_noise, tile.y0, tile.y1, tile.x0, tile.x1
-            )
-        return self.module(z.to(self.dtype), **kwargs)
+    def __call__(self, z: torch.Tensor, stream: DecodeState | None, tile: Tile) -> torch.Tensor:
+        noise = self.module.crop_spatial_noise(self.spatial_noise, tile.y0, tile.y1, tile.x0, tile.x1)
+        return self.module(z.to(self.dtype), stream, timestep=self.timestep, spatial_noise=noise)

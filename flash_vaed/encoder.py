@@ -22,10 +22,11 @@ fitting; `encode_images` always fits, like VAEEncode.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -36,15 +37,17 @@ from .arch.wan_encoder import WanEncoder
 from .checkpoint.io import TensorSource, from_state_dict, open_tensors
 from .checkpoint.load import (
     LTX_STATS,
-    META_FORMAT,
-    Plan,
+    Layouts,
+    Recipe,
+    detect,
+    has,
     ltx_metadata_config,
     materialize,
+    ours,
+    owned,
     read_latent_norm,
-    strip_model_prefix,
-    unknown_layout_error,
 )
-from .checkpoint.wan_keys import _resnet
+from .checkpoint.wan_keys import diffusers_wan_encoder_to_original
 from .decoder import RunsOnModule
 from .engine.decode import ProgressFn
 from .engine.state import DecodeState
@@ -84,15 +87,6 @@ class FlashEncoder(RunsOnModule):
     @property
     def space_stride(self) -> int:
         return self.module.space_stride
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> FlashEncoder:
-        self.module.to(device=device, dtype=dtype)
-        if self.latent_norm is not None and device is not None:
-            self.latent_norm = LatentNorm(self.latent_norm.mean.to(device), self.latent_norm.std.to(device))
-        return self
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.module.parameters())
 
     # ---- frames ----
 
@@ -205,40 +199,7 @@ def _check_layout(frames: torch.Tensor) -> None:
 # ---- loading ----------------------------------------------------------------------------------
 
 
-def diffusers_wan_encoder_to_original(keys: list[str], wan22: bool) -> dict[str, str]:
-    """Map each encoder key of a diffusers AutoencoderKLWan to the original name (others dropped)."""
-    resnets: dict[int, set[int]] = {}
-    for k in keys:
-        if m := re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", k):
-            resnets.setdefault(int(m[1]), set()).add(int(m[2]))
-    out: dict[str, str] = {}
-    for k in keys:
-        new = None
-        if k.startswith("quant_conv."):
-            new = "conv1." + k.split(".", 1)[1]
-        elif k.startswith("encoder.conv_in."):
-            new = "encoder.conv1." + k.split(".", 2)[2]
-        elif k.startswith("encoder.norm_out."):
-            new = "encoder.head.0." + k.split(".", 2)[2]
-        elif k.startswith("encoder.conv_out."):
-            new = "encoder.head.2." + k.split(".", 2)[2]
-        elif m := re.match(r"encoder\.mid_block\.resnets\.(\d)\.(.+)", k):
-            new = f"encoder.middle.{2 * int(m[1])}.{_resnet(m[2])}"
-        elif m := re.match(r"encoder\.mid_block\.attentions\.0\.(.+)", k):
-            new = f"encoder.middle.1.{m[1]}"
-        elif wan22 and (m := re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", k)):
-            new = f"encoder.downsamples.{m[1]}.downsamples.{m[2]}.{_resnet(m[3])}"
-        elif wan22 and (m := re.match(r"encoder\.down_blocks\.(\d+)\.downsampler\.(.+)", k)):
-            # the downsample follows the stage's resnets in the original numbering
-            new = f"encoder.downsamples.{m[1]}.downsamples.{len(resnets.get(int(m[1]), ()))}.{m[2]}"
-        elif not wan22 and (m := re.match(r"encoder\.down_blocks\.(\d+)\.(.+)", k)):
-            new = f"encoder.downsamples.{m[1]}.{_resnet(m[2])}"
-        if new is not None:
-            out[k] = new
-    return out
-
-
-def _wan_plan(src: TensorSource, layout: str) -> Plan:
+def _wan_recipe(src: TensorSource, diffusers: bool = False) -> Recipe:
     shapes = src.shapes
     wan22 = "encoder.downsamples.0.downsamples.0.residual.2.weight" in shapes
     try:
@@ -249,25 +210,31 @@ def _wan_plan(src: TensorSource, layout: str) -> Plan:
             f"{src.origin}: looks like a Wan VAE encoder but the key {err.args[0]!r} is "
             "missing; the file is truncated or edited; nothing was loaded."
         ) from None
-    wanted = {k: k for k in shapes if k.startswith(("encoder.", "conv1."))}
     family = Family.WAN22 if wan22 else Family.WAN21
-    return Plan(
-        f"{family.value}-encoder{layout}",
+    return Recipe(
+        f"{family.value}-encoder" + ("-diffusers" if diffusers else ""),
         family,
         "teacher",
-        lambda: WanEncoder(dim=dim, z_dim=z_dim, wan22=wan22),
-        wanted,
+        functools.partial(WanEncoder, dim=dim, z_dim=z_dim, wan22=wan22),
+        src,
+        owned(src, "encoder.", "conv1."),
     )
 
 
-def _ltx_plan(src: TensorSource) -> Plan:
+def _wan_diffusers_recipe(src: TensorSource) -> Recipe:
+    keys = sorted(src.keys())
+    wan22 = any(re.match(r"encoder\.down_blocks\.\d+\.resnets\.", k) for k in keys)
+    return _wan_recipe(src.renamed(diffusers_wan_encoder_to_original(keys, wan22)), diffusers=True)
+
+
+def _ltx_recipe(src: TensorSource) -> Recipe:
     config = ltx_metadata_config(src)
-    if not all(k in src.shapes for k in LTX_STATS):
+    if not all(k in src for k in LTX_STATS):
         raise CheckpointError(
             f"{src.origin}: an LTX-Video VAE without per_channel_statistics (mean-of-means / std-of-means); "
             "they turn the encoder's raw means into ComfyUI's normalized latents. Use the full VAE file."
         )
-    wanted = {k: k for k in src.shapes if k.startswith("encoder.")}
+    keys = owned(src, "encoder.")
     if config and config.get("encoder_blocks", config.get("blocks")):
         # the file describes itself, as ComfyUI's checkpoint loaders read it
         base = src.shapes.get("encoder.conv_in.conv.weight", (128,))[0]
@@ -281,60 +248,63 @@ def _ltx_plan(src: TensorSource) -> Plan:
                     f"library cannot build ({err})"
                 ) from err
 
-        return Plan("ltxv-encoder (config)", Family.LTXV, "teacher", build, wanted, LTX_STATS)
-    version = 2 if V2_ENCODER_KEY in src.shapes else 0
+        return Recipe("ltxv-encoder (config)", Family.LTXV, "teacher", build, src, keys, LTX_STATS)
+    version = 2 if V2_ENCODER_KEY in src else 0
     padding = (config or {}).get("spatial_padding_mode", "zeros")
     name = "ltxv-0.9.5-encoder" if version == 2 else "ltxv-0.9.0/0.9.1-encoder"
-    return Plan(
-        name,
-        Family.LTXV,
-        "teacher",
-        lambda: LTXTeacherEncoder.for_version(version, padding),
-        wanted,
-        LTX_STATS,
+    build = functools.partial(LTXTeacherEncoder.for_version, version, padding)
+    return Recipe(name, Family.LTXV, "teacher", build, src, keys, LTX_STATS)
+
+
+def _refuse(message: str) -> Callable[[TensorSource], Recipe]:
+    def refuse(src: TensorSource) -> Recipe:
+        raise CheckpointError(f"{src.origin}: {message}")
+
+    return refuse
+
+
+def _diffusers_ltx(src: TensorSource) -> bool:
+    return "encoder.conv_in.conv.weight" in src and any(
+        k.startswith("encoder.down_blocks.0.resnets.") for k in src.shapes
     )
 
 
-def plan_encoder(src: TensorSource) -> tuple[Plan, TensorSource]:
-    """Decide which encoder `src` holds; returns the plan and the source under the plan's key names."""
-    if META_FORMAT in src.metadata:
-        raise CheckpointError(
-            f"{src.origin}: a Flash-VAED student holds a decoder only; load the teacher's "
-            "VAE file (the one the student was distilled from) to encode."
-        )
-    src = strip_model_prefix(src, "encoder")
-    keys = src.keys()
-    if "encoder.middle.0.residual.0.gamma" in keys or "encoder.conv1.weight" in keys:
-        return _wan_plan(src, ""), src
-    if "encoder.mid_block.attentions.0.to_qkv.weight" in keys and "encoder.conv_in.weight" in keys:
-        wan22 = any(re.match(r"encoder\.down_blocks\.\d+\.resnets\.", k) for k in keys)
-        renamed = src.renamed(diffusers_wan_encoder_to_original(sorted(keys), wan22))
-        return _wan_plan(renamed, "-diffusers"), renamed
-    if "encoder.conv_in.conv.weight" in keys:
-        if any(k.startswith("encoder.down_blocks.0.resnets.") for k in keys):
-            raise CheckpointError(
-                f"{src.origin}: a diffusers LTX-Video VAE; its encoder is not supported "
-                "yet. Load the single-file (ComfyUI layout) LTX-Video VAE to encode."
-            )
-        return _ltx_plan(src), src
-    if any(k.startswith("decoder.") for k in keys):
-        raise CheckpointError(
-            f"{src.origin}: holds a decoder but no encoder tensors (encoder.*): a "
-            "decoder-only file cannot encode. Load the full VAE file of the model."
-        )
-    raise unknown_layout_error(src)
+# Every encoder layout, by what its source holds once a model prefix is stripped: first match wins.
+ENCODER_LAYOUTS: Layouts = (
+    (
+        ours,
+        _refuse(
+            "a Flash-VAED student holds a decoder only; load the teacher's VAE file (the one the "
+            "student was distilled from) to encode."
+        ),
+    ),
+    (lambda src: "encoder.middle.0.residual.0.gamma" in src or "encoder.conv1.weight" in src, _wan_recipe),
+    (has("encoder.mid_block.attentions.0.to_qkv.weight", "encoder.conv_in.weight"), _wan_diffusers_recipe),
+    (
+        _diffusers_ltx,
+        _refuse(
+            "a diffusers LTX-Video VAE; its encoder is not supported yet. Load the single-file "
+            "(ComfyUI layout) LTX-Video VAE to encode."
+        ),
+    ),
+    (has("encoder.conv_in.conv.weight"), _ltx_recipe),
+    (
+        lambda src: any(k.startswith("decoder.") for k in src.shapes),
+        _refuse(
+            "holds a decoder but no encoder tensors (encoder.*): a decoder-only file cannot encode. "
+            "Load the full VAE file of the model."
+        ),
+    ),
+)
 
 
 def build_encoder(
     src: TensorSource, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> FlashEncoder:
-    plan, view = plan_encoder(src)
-    module = materialize(plan, view).eval().requires_grad_(False).to(device=device, dtype=dtype)
-    norm = read_latent_norm(plan, view)
-    if norm is not None:
-        norm = LatentNorm(norm.mean.to(device), norm.std.to(device))
+    recipe = detect(src, ENCODER_LAYOUTS, part="encoder")
+    module = materialize(recipe).eval().requires_grad_(False).to(device=device, dtype=dtype)
     info = {"origin": src.origin, "parameters": sum(p.numel() for p in module.parameters())}
-    return FlashEncoder(plan.family, module, norm, plan.layout, info)
+    return FlashEncoder(recipe.family, module, read_latent_norm(recipe, device), recipe.layout, info)
 
 
 def load_encoder(

@@ -73,6 +73,9 @@ class LatentNorm:
     mean: torch.Tensor  # (C,)
     std: torch.Tensor  # (C,)
 
+    def to(self, device: torch.device | str) -> LatentNorm:
+        return LatentNorm(self.mean.to(device), self.std.to(device))
+
     def to_raw(self, z: torch.Tensor) -> torch.Tensor:
         shape = (1, -1, 1, 1, 1)
         return z * self.std.view(shape).to(z) + self.mean.view(shape).to(z)

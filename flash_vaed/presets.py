@@ -3,8 +3,8 @@
     resolve_spec("wan21-official")                                   # the released student
     resolve_spec("384:dw3d:3/384:dw3d:3/24:frame2d:3/12:frame2d:3")  # the same, written out
 
-Custom format: stages deep to shallow, separated by "/", each `width:op[:blocks[:up_out]]` with op one
-of full3d | dw3d | frame2d (blocks default 3). An optional first part `mid=width:op` sets the bottleneck;
+Custom format: stages deep to shallow, separated by "/", each `width:op[:blocks[:up_out[:shortcut]]]` with
+op one of full3d | dw3d | frame2d (blocks default 3) and shortcut dup | proj (Wan 2.2's stage shortcut). An optional first part `mid=width:op` sets the bottleneck;
 without it the bottleneck takes the first stage's width and op. Without an explicit up_out a stage's
 upsample emits min(next stage's width, width // 2) channels, the rule both the Wan 2.1 VAE and the
 official student follow; the upsamples of all but the last two stages also double time (Wan's 4x).
@@ -42,6 +42,23 @@ def wan21_narrow() -> DecoderSpec:
     return _wan21("wan21-narrow", 192, (192, 192, 24, 12), (96, 24, 12))
 
 
+def wan22_recipe(dim: int = 256) -> DecoderSpec:
+    """A Wan 2.2 student by the paper's recipe, no released layout existing: the Wan 2.2 VAE's bottleneck and
+    deep stages kept at full width as depthwise-separable causal 3D, the shallow stages per-frame 2D at 12.5%
+    of the teacher's widths, as in the official Wan 2.1 student. Wan 2.2's stage shortcuts stay: a weightless
+    copy where the stage keeps its width, a 1x1x1 projection where pruning changes it. `dim` is the
+    teacher's decoder width (256 in the released VAE; smaller in tests)."""
+    deep, shallow = Op.DEPTHWISE_3D, Op.FRAME_2D
+    stages = (
+        StageSpec(4 * dim, deep, 3, up_out=4 * dim, up_time=True, shortcut="dup"),
+        StageSpec(4 * dim, deep, 3, up_out=dim // 2, up_time=True, shortcut="proj"),
+        StageSpec(dim // 4, shallow, 3, up_out=dim // 4, up_time=False, shortcut="proj"),
+        StageSpec(dim // 8, shallow, 3),
+    )
+    name = "wan22-recipe" if dim == 256 else f"wan22-recipe-dim{dim}"
+    return DecoderSpec(Family.WAN22, 4 * dim, deep, stages, out_patch=2, name=name)
+
+
 def tiny_half() -> DecoderSpec:
     """`DecoderSpec.tiny()` at half its widths: a student that both prunes and replaces operators of the
     tiny all-FULL_3D teacher (tests)."""
@@ -60,6 +77,7 @@ PRESETS: dict[str, Callable[[], AnySpec]] = {
     "wan21-wide": wan21_wide,
     "wan21-narrow": wan21_narrow,
     "wan21-teacher": DecoderSpec.wan21_teacher,
+    "wan22-recipe": wan22_recipe,
     "tiny": DecoderSpec.tiny,
     "tiny-half": tiny_half,
     "ltx-official": LTXStudentSpec.official,
@@ -84,20 +102,23 @@ def parse_spec(text: str, family: Family = Family.WAN21, name: str = "custom") -
     raw = []
     for part in parts:
         fields = part.split(":")
-        if not 2 <= len(fields) <= 4:
-            raise ValueError(f"stage {part!r} of {text!r}: expected width:op[:blocks[:up_out]]")
+        if not 2 <= len(fields) <= 5:
+            raise ValueError(f"stage {part!r} of {text!r}: expected width:op[:blocks[:up_out[:shortcut]]]")
         width, op = _int(fields[0], text), _op(fields[1], text)
         blocks = _int(fields[2], text) if len(fields) > 2 else 3
         up = _int(fields[3], text) if len(fields) > 3 else None
-        raw.append((width, op, blocks, up))
+        shortcut = fields[4].strip() if len(fields) > 4 else None
+        if shortcut not in (None, "dup", "proj"):
+            raise ValueError(f"{shortcut!r} in {text!r}: a stage shortcut is dup or proj")
+        raw.append((width, op, blocks, up, shortcut))
     stages = []
-    for i, (width, op, blocks, up) in enumerate(raw):
+    for i, (width, op, blocks, up, shortcut) in enumerate(raw):
         last = i == len(raw) - 1
         if last and up is not None:
             raise ValueError(f"{text!r}: the last stage has no upsample, so no up_out")
         if not last and up is None:
             up = min(raw[i + 1][0], max(1, width // 2))
-        stages.append(StageSpec(width, op, blocks, up_out=up, up_time=i < len(raw) - 2))
+        stages.append(StageSpec(width, op, blocks, up_out=up, up_time=i < len(raw) - 2, shortcut=shortcut))
     mid_width, mid_op = middle or (raw[0][0], raw[0][1])
     return DecoderSpec(
         family,
@@ -114,13 +135,20 @@ def format_spec(spec: DecoderSpec) -> str:
     parts = [f"mid={spec.middle_width}:{spec.middle_op.value}"]
     for s in spec.stages:
         up = "" if s.up_out is None else f":{s.up_out}"
-        parts.append(f"{s.width}:{s.op.value}:{s.blocks}{up}")
+        shortcut = "" if s.shortcut is None else f":{s.shortcut}"
+        parts.append(f"{s.width}:{s.op.value}:{s.blocks}{up}{shortcut}")
     return "/".join(parts)
 
 
+# What "auto" (and "official") means for a family without a released student
+AUTO = {Family.WAN22: wan22_recipe}
+
+
 def resolve_spec(preset: str, family: Family = Family.WAN21) -> AnySpec:
-    """A preset name from PRESETS, or a custom Wan-family layout line (module docstring)."""
+    """A preset name from PRESETS, "auto" for a family in AUTO, or a custom Wan-family layout line."""
     key = preset.strip()
+    if key in ("auto", "official") and family in AUTO:
+        return AUTO[family]()
     if key in PRESETS:
         return PRESETS[key]()
     if ":" in key:

@@ -5,7 +5,7 @@ student decode it. Measured against the real frames (PSNR, SSIM) and the student
 teacher; retention = student PSNR / teacher PSNR (both against the real frames). Speed: the decoders
 run on the same latent, interleaved, warm-up then the median of several.
 
-    report = measure(teacher, students, clips)      # clips: (name, frames) pairs
+    report = measure(encoder, teacher, students, clips)  # clips: (name, frames) pairs
     write_report(report, out_dir, strip_clip)       # quality.md, quality.json, quality_vs_speed.png, strip.png
 """
 
@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from .decoder import FlashDecoder
+from .decoder import LTX_DECODE_NOISE_SCALE, FlashDecoder
 from .distill.losses import psnr, ssim
 from .encoder import FlashEncoder
 
@@ -36,7 +36,11 @@ class DecoderQuality:
     retention: float | None = None  # psnr_gt / teacher's psnr_gt
     seconds_median: float = 0.0
     speedup: float = 1.0  # teacher seconds / these seconds
+    # the per-clip values behind the means, in clip order
     per_clip_psnr_gt: list[float] = field(default_factory=list)
+    per_clip_ssim_gt: list[float] = field(default_factory=list)
+    per_clip_psnr_teacher: list[float] = field(default_factory=list)
+    per_clip_ssim_teacher: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -52,34 +56,51 @@ class QualityReport:
 
     def to_markdown(self) -> str:
         f, h, w = self.clip_shape
+        header = ["decoder", "params (M)", "PSNR vs real (dB)", "SSIM vs real", "retention"]
+        header += ["PSNR vs teacher (dB)", "SSIM vs teacher", "decode (s)", "speed-up"]
+        rows = [
+            [
+                r.name,
+                f"{r.params_m:.2f}",
+                f"{r.psnr_gt:.2f}",
+                f"{r.ssim_gt:.4f}",
+                _number(r.retention and 100 * r.retention, "{:.1f} %"),
+            ]
+            + [_number(r.psnr_teacher, "{:.2f}"), _number(r.ssim_teacher, "{:.4f}")]
+            + [f"{r.seconds_median:.3f}", f"{r.speedup:.2f}x"]
+            for r in self.rows
+        ]
         lines = [
             f"Held-out clips: {len(self.clips)} ({f} frames, {h}x{w}); speed: latent "
             f"{'x'.join(map(str, self.speed_latent))} on {self.device}, median of interleaved runs.",
             "",
-            "| decoder | params (M) | PSNR vs real (dB) | SSIM vs real | retention | PSNR vs teacher (dB) "
-            "| SSIM vs teacher | decode (s) | speed-up |",
-            "|---|---|---|---|---|---|---|---|---|",
+            *markdown_table(header, rows),
         ]
-        for r in self.rows:
-            ret = "—" if r.retention is None else f"{100 * r.retention:.1f} %"
-            pt = "—" if r.psnr_teacher is None else f"{r.psnr_teacher:.2f}"
-            st = "—" if r.ssim_teacher is None else f"{r.ssim_teacher:.4f}"
-            lines.append(
-                f"| {r.name} | {r.params_m:.2f} | {r.psnr_gt:.2f} | {r.ssim_gt:.4f} | {ret} | {pt} | {st} "
-                f"| {r.seconds_median:.3f} | {r.speedup:.2f}x |"
-            )
         return "\n".join(lines) + "\n"
 
 
-def _params_m(decoder: FlashDecoder) -> float:
-    return sum(p.numel() for p in decoder.module.parameters()) / 1e6
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """The lines of a markdown table."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "—" if value is None else fmt.format(value)
 
 
 def time_decoders(
-    decoders: Sequence[FlashDecoder], latent: torch.Tensor, repeats: int = 5, warmup: int = 1
+    decoders: Sequence[FlashDecoder],
+    latent: torch.Tensor,
+    repeats: int = 5,
+    warmup: int = 1,
+    noise_scale: float = LTX_DECODE_NOISE_SCALE,
 ) -> list[float]:
     """Median seconds of a whole-clip decode of `latent` for each decoder, runs interleaved so that
-    drifting machine load hits all of them alike."""
+    drifting machine load hits all of them alike. noise_scale: LTX 0.9.1+ decode noise (FlashDecoder.decode)."""
     times: list[list[float]] = [[] for _ in decoders]
 
     def sync() -> None:
@@ -90,7 +111,7 @@ def time_decoders(
         for i, dec in enumerate(decoders):
             sync()
             t0 = time.perf_counter()
-            dec.decode(latent)
+            dec.decode(latent, noise_scale=noise_scale)
             sync()
             if rep >= warmup:
                 times[i].append(time.perf_counter() - t0)
@@ -105,48 +126,51 @@ def measure(
     *,
     speed_latent: torch.Tensor | None = None,
     repeats: int = 5,
+    noise_scale: float = LTX_DECODE_NOISE_SCALE,
     on_clip: Callable[[int, int], None] | None = None,
 ) -> QualityReport:
-    """clips: (name, frames (3, T, H, W) in [-1, 1]) pairs of one shape."""
+    """clips: (name, frames (3, T, H, W) in [-1, 1]) pairs of one shape, on the decoders' device.
+    speed_latent: what the decoders are timed on (default: the first clip's latent). noise_scale: LTX
+    0.9.1+ decode noise (0: the deterministic decode)."""
     if not clips:
         raise ValueError("no held-out clips to measure on")
     names = ["teacher", *students]
     decoders = [teacher, *students.values()]
-    scores: dict[str, dict[str, list[float]]] = {n: {"pg": [], "sg": [], "pt": [], "st": []} for n in names}
+    scores = {n: {"psnr_gt": [], "ssim_gt": [], "psnr_teacher": [], "ssim_teacher": []} for n in names}
     latent0 = None
     for i, (_, frames) in enumerate(clips):
         x = frames.unsqueeze(0)
         z = encoder.encode(x)
         latent0 = z if latent0 is None else latent0
-        ref = teacher.decode(z).clamp(-1, 1)
+        ref = teacher.decode(z, noise_scale=noise_scale).clamp(-1, 1)
         for name, dec in zip(names, decoders, strict=True):
-            y = ref if dec is teacher else dec.decode(z).clamp(-1, 1)
+            y = ref if dec is teacher else dec.decode(z, noise_scale=noise_scale).clamp(-1, 1)
             s = scores[name]
-            s["pg"].append(psnr(y, x))
-            s["sg"].append(float(ssim(y, x)))
+            s["psnr_gt"].append(psnr(y, x))
+            s["ssim_gt"].append(float(ssim(y, x)))
             if dec is not teacher:
-                s["pt"].append(psnr(y, ref))
-                s["st"].append(float(ssim(y, ref)))
+                s["psnr_teacher"].append(psnr(y, ref))
+                s["ssim_teacher"].append(float(ssim(y, ref)))
         if on_clip is not None:
             on_clip(i + 1, len(clips))
     lat = latent0 if speed_latent is None else speed_latent
-    seconds = time_decoders(decoders, lat, repeats=repeats)
+    seconds = time_decoders(decoders, lat, repeats=repeats, noise_scale=noise_scale)
     rows = []
-    teacher_psnr = statistics.fmean(scores["teacher"]["pg"])
+    teacher_psnr = statistics.fmean(scores["teacher"]["psnr_gt"])
     for name, dec, sec in zip(names, decoders, seconds, strict=True):
         s = scores[name]
         row = DecoderQuality(
             name=name,
-            params_m=_params_m(dec),
-            psnr_gt=statistics.fmean(s["pg"]),
-            ssim_gt=statistics.fmean(s["sg"]),
+            params_m=dec.num_parameters() / 1e6,
+            psnr_gt=statistics.fmean(s["psnr_gt"]),
+            ssim_gt=statistics.fmean(s["ssim_gt"]),
             seconds_median=sec,
             speedup=seconds[0] / sec,
-            per_clip_psnr_gt=s["pg"],
+            **{f"per_clip_{k}": v for k, v in s.items()},
         )
         if dec is not teacher:
-            row.psnr_teacher = statistics.fmean(s["pt"])
-            row.ssim_teacher = statistics.fmean(s["st"])
+            row.psnr_teacher = statistics.fmean(s["psnr_teacher"])
+            row.ssim_teacher = statistics.fmean(s["ssim_teacher"])
             row.retention = row.psnr_gt / teacher_psnr
         rows.append(row)
     f, h, w = clips[0][1].shape[1:]
@@ -168,7 +192,7 @@ def held_out_clips(
 
     shape = clipdata.ClipShape(frames, px)
     wanted = set(names)
-    videos = [v for v in clipdata.scan_videos(data, shape) if v.name in wanted]
+    videos = [v for v in clipdata.scan_videos(data, shape)[0] if v.name in wanted]
     reader = clipdata.ClipReader(videos, shape, keep_videos=0)
     crops = clipdata.eval_crops(videos, shape, per_video=1)
     return [(videos[c.video].name, reader.clip(c)) for c in crops]

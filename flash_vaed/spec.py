@@ -37,6 +37,9 @@ class Family(str, enum.Enum):
         return 0 if latent_frames <= 0 else self.time_stride * (latent_frames - 1) + 1
 
 
+SHORTCUTS = (None, "dup", "proj")  # StageSpec.shortcut
+
+
 class Op(str, enum.Enum):
     """How a stage mixes space and time."""
 
@@ -54,6 +57,10 @@ class StageSpec:
     blocks:   number of residual blocks.
     up_out:   channels after the 2x spatial upsample that ends the stage; None for the last stage.
     up_time:  the upsample also doubles time (causal, first frame kept single), as Wan's 'upsample3d'.
+    shortcut: a residual path around the whole stage, from its input to its upsampled output (Wan 2.2):
+              "dup" spreads channels into the 2x2 (x2 time) positions with no weights, Wan 2.2's own
+              shortcut; "proj" is a 1x1x1 conv to those positions, what a pruned Wan 2.2 stage keeps
+              where the channel sets no longer line up; None (Wan 2.1 and its students): none.
     """
 
     width: int
@@ -61,6 +68,7 @@ class StageSpec:
     blocks: int = 3
     up_out: int | None = None
     up_time: bool = False
+    shortcut: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,12 @@ class DecoderSpec:
                 raise ValueError(f"stage {i}: only the last stage has no upsample (up_out=None)")
             if stage.width <= 0 or stage.blocks <= 0:
                 raise ValueError(f"stage {i}: width and blocks must be positive, got {stage}")
+            if stage.shortcut not in SHORTCUTS:
+                raise ValueError(f"stage {i}: shortcut must be one of {SHORTCUTS}, got {stage.shortcut!r}")
+            if stage.shortcut is not None and stage.up_out is None:
+                raise ValueError(
+                    f"stage {i}: a stage shortcut goes around an upsample; the last stage has none"
+                )
         if self.out_patch not in (1, 2):
             raise ValueError(f"out_patch must be 1 or 2, got {self.out_patch}")
 
@@ -100,8 +114,20 @@ class DecoderSpec:
     def time_upsamples(self) -> int:
         return sum(s.up_time for s in self.stages)
 
+    @property
+    def time_stride(self) -> int:
+        return 2**self.time_upsamples
+
+    @property
+    def space_stride(self) -> int:
+        return 2 ** (len(self.stages) - 1) * self.out_patch
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        raw = dataclasses.asdict(self)
+        for stage in raw["stages"]:  # specs without stage shortcuts keep the JSON they always had
+            if stage["shortcut"] is None:
+                del stage["shortcut"]
+        return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> DecoderSpec:

@@ -11,12 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import comfy.model_management as mm
-import comfy.model_patcher
 import folder_paths
 import torch
 from server import PromptServer
 
-from ..flash_vaed.decoder import FlashDecoder
 from ..flash_vaed.distill.job import (
     DistillJob,
     JobError,
@@ -75,24 +73,10 @@ def vae_weights(vae) -> Mapping[str, torch.Tensor]:
     return vae.first_stage_model.state_dict()
 
 
-def _sender(node_id: str):
+def _send(message: dict) -> None:
+    """One websocket message to the browser that queued the prompt (flash_vaed.distill_messages)."""
     server = PromptServer.instance
-
-    def send(message: dict) -> None:
-        server.send_sync(EVENT, message, server.client_id)
-
-    return send
-
-
-def _flash_model(decoder: FlashDecoder, name: str) -> _glue.FlashModel:
-    """The trained student as Load Flash-VAED would give it: offload device, ComfyUI's VAE dtype."""
-    load_device, offload_device = mm.vae_device(), mm.vae_offload_device()
-    dtype = _glue.pick_dtype("auto", decoder.family, load_device)
-    decoder.to(offload_device, dtype)
-    patcher = comfy.model_patcher.ModelPatcher(
-        _glue.FlashFirstStage(decoder), load_device=load_device, offload_device=offload_device
-    )
-    return _glue.FlashModel(decoder, patcher, name, dtype, {"layout": decoder.layout, "role": decoder.role})
+    server.send_sync(EVENT, message, server.client_id)
 
 
 def summary(result: JobResult) -> str:
@@ -119,27 +103,26 @@ def distill(
     models/flash_vaed; returns (FLASH_VAED, file name, summary). settings: DistillJob's preset, steps, seed,
     output_name, crop_px, clip_frames, resume."""
     job_paths(students_dir(), settings["output_name"])  # a bad name fails before anything is loaded
-    if images is None and videos == NO_FOLDER:
-        raise JobError(
-            "no training data: pick a folder of clips in videos, or connect a batch of frames to images"
-        )
     if images is not None and videos != NO_FOLDER:
         log.info("Prune & Distill: training on the images input; the videos folder %r is not used", videos)
-    folder = None if images is not None else data_folder(folder_paths.get_input_directory(), videos)
+    folder = None
+    if images is None and videos != NO_FOLDER:
+        folder = data_folder(folder_paths.get_input_directory(), videos)
+    # no data, or frames that make no clip, fail here: before the models are unloaded
     job = DistillJob(
         students_dir(), data=folder, frames=images, device=str(mm.get_torch_device()), **settings
     )
     weights = vae_weights(vae)
     mm.unload_all_models()  # the diffusion model (and every other) leaves the GPU for the training
     mm.soft_empty_cache()
-    send = _sender(node_id)
     result = run_job(
         job,
         weights,
         on_progress=_glue.comfy_progress(),
-        on_losses=lambda *step: send(loss_message(node_id, *step)),
+        on_losses=lambda *step: _send(loss_message(node_id, *step)),
     )
-    send(done_message(node_id, result.student_path.name))
-    model = _flash_model(result.student, result.student_path.name)
+    _send(done_message(node_id, result.student_path.name))
+    name, text = result.student_path.name, summary(result)
+    del result  # the trained copy on the training device: the output is loaded from the saved file
     mm.soft_empty_cache()
-    return model, result.student_path.name, summary(result)
+    return _glue.load_flash_model(name, "auto"), name, text

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -19,11 +19,11 @@ import torch
 
 from ..flash_vaed import FlashDecoder, LatentError, load_decoder
 from ..flash_vaed.checkpoint.io import safe_child
-from ..flash_vaed.engine.budget import choose_plan, estimate_bytes, profile_decoder
 from ..flash_vaed.engine.decode import DecodePlan
-from ..flash_vaed.engine.retry import decode_with_fallback, is_torch_oom
+from ..flash_vaed.engine.memory import PeakMemory
 from ..flash_vaed.hub import OFFICIAL, fetch_official
 from ..flash_vaed.latents import check_latents
+from ..flash_vaed.policy import decode_with_fallback, estimate_bytes, is_torch_oom
 from ..flash_vaed.spec import Family
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,13 @@ def comfy_progress():
     return on_progress
 
 
+def free_memory(patcher, device) -> int:
+    """Bytes free for a decode on `device`. ComfyUI 0.38 asks the patcher (with dynamic VRAM, the weights it
+    may evict count as free); older releases only have model_management's."""
+    ask = getattr(patcher, "get_free_memory", None)
+    return int(ask(device)) if ask is not None else int(mm.get_free_memory(device))
+
+
 def is_oom(err: BaseException) -> bool:
     oom = mm.OOM_EXCEPTION
     return is_torch_oom(err) or (oom is not Exception and isinstance(err, oom))
@@ -181,10 +188,10 @@ def _check(model: FlashModel, z: torch.Tensor) -> None:
 
 def requested_plan(
     mode: str, chunk_frames: int | None, tile_px: int | None, overlap_px: int | None
-) -> DecodePlan | None:
-    """The plan the user asked for; None for "auto" (chosen from free memory once the model is loaded)."""
+) -> DecodePlan | Literal["auto"]:
+    """The plan the user asked for; "auto" is chosen from free memory once the model is loaded."""
     if mode == "auto":
-        return None
+        return "auto"
     if mode == "whole":
         return DecodePlan()
     if mode == "causal":
@@ -192,32 +199,6 @@ def requested_plan(
     if mode == "tiled":
         return DecodePlan(chunk_frames, tile_px, overlap_px)
     raise ValueError(f"unknown decode mode {mode!r}; one of {', '.join(MODES)}")
-
-
-class _PeakMemory:
-    """Peak memory of one decode: CUDA allocations on a GPU, the process's peak RSS on the CPU (Linux)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.kind = None
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            self.kind = "cuda_max_allocated"
-        elif sys.platform.startswith("linux"):
-            try:
-                Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak-RSS mark
-                self.kind = "process_peak_rss"
-            except OSError:
-                pass
-
-    def mb(self) -> float | None:
-        if self.kind == "cuda_max_allocated":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        if self.kind == "process_peak_rss":
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return None
 
 
 def decode(
@@ -234,33 +215,32 @@ def decode(
     what fits in free memory), shrinks it on out-of-memory, drives the node's progress bar and Cancel.
     """
     _check(model, latents)
-    decoder, shape = model.decoder, tuple(latents.shape)
+    decoder = model.decoder
     plan = requested_plan(mode, chunk_frames, tile_px, overlap_px)
-    if "profile" not in decoder.info:  # measure once, on the device it will run on (fast there)
-        mm.load_models_gpu([model.patcher], force_full_load=True)
-    profile = profile_decoder(decoder)
-    need = estimate_bytes(profile, shape, model.dtype, plan or DecodePlan())
+    # "auto" asks for the whole clip's need, so that ComfyUI frees what it can, then fits in what is free
+    asked = plan if isinstance(plan, DecodePlan) else DecodePlan()
+    need = estimate_bytes(decoder.memory_profile, latents.shape, model.dtype, asked)
     mm.load_models_gpu([model.patcher], memory_required=need, force_full_load=True)
     device = model.patcher.load_device
-    if plan is None:
-        plan = choose_plan(decoder, shape, model.dtype, mm.get_free_memory(device), profile=profile)
-    peak = _PeakMemory(torch.device(device))
-    result = decode_with_fallback(
-        decoder,
-        latents,
-        plan,
-        comfy_progress(),
-        is_oom,
-        on_retry=lambda *_: mm.soft_empty_cache(),
-        out_device=mm.intermediate_device(),
-    )
+    with PeakMemory(device) as peak:
+        result = decode_with_fallback(
+            decoder,
+            latents,
+            plan,
+            comfy_progress(),
+            is_oom,
+            free_bytes=free_memory(model.patcher, device),
+            on_retry=lambda *_: mm.soft_empty_cache(),
+            out_device=mm.intermediate_device(),
+        )
     frames = result.frames
+    peak_mb = round(peak.peak / 2**20, 1) if peak.peak else None
     n = frames.shape[0] * frames.shape[2]
     stats = {
         "frames": n,
         "seconds": round(result.seconds, 4),
         "fps": round(n / max(result.seconds, 1e-9), 2),
-        "peak_mem_mb": None if peak.mb() is None else round(peak.mb(), 1),
+        "peak_mem_mb": peak_mb,
         "peak_mem_kind": peak.kind,
         "mode": mode,
         "chunk_frames": result.plan.chunk_frames,

@@ -14,16 +14,17 @@ import torch
 from flash_vaed import DecoderSpec, Family, Op
 from flash_vaed.arch.wan import WanFamilyDecoder
 from flash_vaed.decoder import FlashDecoder
-from flash_vaed.engine.budget import (
+from flash_vaed.engine.decode import DecodePlan
+from flash_vaed.hub import OFFICIAL, HubDownloadError, fetch_official
+from flash_vaed.policy import (
     HEADROOM,
     candidate_plans,
     choose_plan,
+    decode_with_fallback,
     estimate_bytes,
-    profile_decoder,
+    is_torch_oom,
+    smaller_plan,
 )
-from flash_vaed.engine.decode import DecodePlan
-from flash_vaed.engine.retry import decode_with_fallback, is_torch_oom, smaller_plan
-from flash_vaed.hub import OFFICIAL, HubDownloadError, fetch_official
 
 SHAPE = (1, 16, 5, 4, 6)  # (B, C, T, H, W) Wan 2.1 latent -> 17 frames of 32 x 48
 
@@ -46,8 +47,8 @@ def _oom(msg: str = "CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
 
 def test_profile_is_measured_once_and_scales_with_the_plan():
     dec = _decoder()
-    profile = profile_decoder(dec)
-    assert profile is profile_decoder(dec)  # cached in decoder.info
+    profile = dec.memory_profile
+    assert profile is dec.memory_profile  # measured once
     assert profile.causal and profile.space_stride == 8 and profile.time_stride == 4
     assert profile.peak_per_px_frame >= 8  # the 8-channel full-resolution stage at least
     assert profile.state_per_px > 0  # depthwise 3D stages keep past frames
@@ -62,8 +63,7 @@ def test_profile_is_measured_once_and_scales_with_the_plan():
 
 def test_per_frame_stages_keep_less_state():
     assert (
-        profile_decoder(_decoder(Op.FRAME_2D)).state_per_px
-        < profile_decoder(_decoder(Op.FULL_3D)).state_per_px
+        _decoder(Op.FRAME_2D).memory_profile.state_per_px < _decoder(Op.FULL_3D).memory_profile.state_per_px
     )
 
 
@@ -79,7 +79,7 @@ def test_candidate_plans_go_from_fastest_to_leanest():
 
 def test_choose_plan_fits_the_free_memory():
     dec = _decoder()
-    profile = profile_decoder(dec)
+    profile = dec.memory_profile
 
     def est(plan):
         return estimate_bytes(profile, SHAPE, torch.float32, plan)
@@ -95,6 +95,19 @@ def test_choose_plan_fits_the_free_memory():
     assert plan.tile_px is not None and est(plan) <= HEADROOM * free
     # nothing fits: the leanest plan (and the retry policy takes it from there)
     assert choose_plan(dec, SHAPE, torch.float32, 1) == list(candidate_plans(SHAPE, 8))[-1]
+
+
+def test_auto_starts_from_the_plan_that_fits_and_keeps_the_frames():
+    dec, z = _decoder(), _z()
+    free = (
+        int(estimate_bytes(dec.memory_profile, SHAPE, torch.float32, DecodePlan(chunk_frames=2)) / HEADROOM)
+        + 1
+    )
+    result = decode_with_fallback(dec, z, "auto", free_bytes=free)
+    assert result.attempts == [DecodePlan(chunk_frames=2)]
+    assert decode_with_fallback(dec, z, "auto", free_bytes=10**12).plan == DecodePlan()
+    torch.testing.assert_close(result.frames, dec.decode(z), rtol=0, atol=1e-5)
+    torch.testing.assert_close(dec.decode(z, "auto"), dec.decode(z), rtol=0, atol=1e-5)
 
 
 # ---- retry -------------------------------------------------------------------------------------------

@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from flash_vaed import load_decoder, load_encoder
-from flash_vaed.demo import main as demo_main
 from flash_vaed.errors import FlashVAEDError
 from flash_vaed.quality import held_out_clips, measure, write_report
-from flash_vaed.teacher.student import held_out_names, link_training_clips
-from flash_vaed.teacher.train import TeacherConfig, export_teacher, run
 from support.tiny_clips import write_clips
+from training.demo import held_out_names, link_training_clips
+from training.demo import main as demo_main
+from training.teacher import TeacherConfig, export_teacher, run
 
 REPO = Path(__file__).resolve().parents[1]
 # the demo's recipe (deep stages dw3d at full width, shallow frame2d narrower) for a dim-4 teacher

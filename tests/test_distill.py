@@ -19,9 +19,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from flash_vaed import DecoderSpec, Family, FlashDecoder, Op, load_decoder, save_student
+from flash_vaed.arch.protocol import decode_raw
 from flash_vaed.arch.wan import WanFamilyDecoder
 from flash_vaed.distill import data, losses, schedule
-from flash_vaed.distill.loop import DistillConfig, DistillError, read_checkpoint, run
+from flash_vaed.distill.config import DistillConfig, DistillError, describe_mismatch, flat_fields
+from flash_vaed.distill.loop import run
+from flash_vaed.distill.resume import read_checkpoint
 from support.reference_weights import generate, load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +83,7 @@ def config(models, clips, out: Path, **kw) -> DistillConfig:
         calib_batches=1,
         evaluate=False,
     )
-    return DistillConfig(**(base | kw))
+    return DistillConfig.from_dict(base | kw)
 
 
 LOSS_KEYS = ("loss", *schedule.TERMS)
@@ -133,7 +136,40 @@ def test_schedule_rejects_bad_fractions():
     with pytest.raises(ValueError, match="phase fractions"):
         schedule.PhaseSchedule(fractions=(0, 0, 0))
     with pytest.raises(DistillError):
-        DistillConfig(teacher="t", data="d", out="o", phases=(1.0, -1.0, 1.0))
+        DistillConfig.from_dict({"teacher": "t", "data": "d", "out": "o", "phases": (1.0, -1.0, 1.0)})
+
+
+# config.json as the runs before the nested PhaseSchedule wrote it (written by that code, flat, one key per flag)
+EARLIER_CONFIG = """{"amp": true, "batch_size": 1, "blend": 0.3, "cache": false, "calib_batches": 2,
+ "checkpoint_every": 100, "clip_frames": 17, "crop_pool": 0, "crop_px": 128, "data": "clips", "device": "auto",
+ "encoder": null, "eval_crops": 2, "eval_px": null, "evaluate": true, "flip": true, "grad_clip": 1.0,
+ "holdout": 0.1, "init": "auto", "keep": 0.1, "keep_videos": 8, "log_every": 10, "lr": 0.0002,
+ "min_lr_ratio": 0.1, "out": "runs/x", "phases": [0.5, 0.25, 0.25], "preset": "tiny", "resize_short": null,
+ "resume": false, "seed": 3, "steps": 2000, "teacher": "vae-sha256:0123456789abcdef", "w_feat": 1.0,
+ "w_gt": 0.5, "w_l1": 1.0, "w_l2": 1.0, "w_ssim": 0.2, "warmup_steps": 100, "weight_decay": 0.0}"""
+
+
+def test_config_reads_and_writes_the_flat_json_of_earlier_runs():
+    cfg = DistillConfig.from_json(EARLIER_CONFIG)
+    assert cfg.schedule == schedule.PhaseSchedule(fractions=(0.5, 0.25, 0.25), blend=0.3, w_gt=0.5)
+    assert (cfg.teacher, cfg.seed, cfg.preset) == ("vae-sha256:0123456789abcdef", 3, "tiny")
+    assert json.loads(cfg.to_json()) == json.loads(EARLIER_CONFIG)
+    older = {k: v for k, v in json.loads(EARLIER_CONFIG).items() if k != "calib_batches"}
+    assert DistillConfig.from_dict(older).calib_batches == 2  # a setting added later takes its default
+    with pytest.raises(DistillError, match="unknown DistillConfig fields.*nope"):
+        DistillConfig.from_dict(older | {"nope": 1})
+
+
+def test_describe_mismatch_names_what_a_resume_may_not_change():
+    import dataclasses
+
+    saved = DistillConfig.from_json(EARLIER_CONFIG)
+    later = dataclasses.replace(
+        saved, steps=9000, seed=4, schedule=dataclasses.replace(saved.schedule, blend=0.5)
+    )
+    assert describe_mismatch(saved, dataclasses.replace(saved, steps=9000, resume=True)) == ""
+    assert describe_mismatch(saved, later) == "blend: 0.3 -> 0.5, seed: 3 -> 4"
+    assert describe_mismatch(saved, later, {"seed": "the seed"}) == "blend: 0.3 -> 0.5, the seed: 3 -> 4"
 
 
 # ---- losses -------------------------------------------------------------------------------------
@@ -200,9 +236,7 @@ def test_stage_recorder_sees_every_resolution_of_teacher_and_student():
     for m in (teacher, student):
         with losses.StageRecorder(m) as rec, torch.no_grad():
             rec.start(2)
-            from flash_vaed.distill.loop import run_decoder
-
-            run_decoder(m, z)
+            decode_raw(m, z)
         feats.append(rec.features)
     want = [(2, 3, 3), (3, 6, 6), (5, 12, 12), (5, 24, 24)]
     assert losses.pair_resolutions(feats[1], feats[0]) == want
@@ -211,11 +245,9 @@ def test_stage_recorder_sees_every_resolution_of_teacher_and_student():
 
 
 def _features(module, z):
-    from flash_vaed.distill.loop import run_decoder
-
     with losses.StageRecorder(module) as rec, torch.no_grad():
         rec.start(z.shape[0])
-        video = run_decoder(module, z)
+        video = decode_raw(module, z)
     return video, rec.features
 
 
@@ -289,15 +321,16 @@ def test_scan_skips_bad_videos_with_a_warning(tmp_path, caplog):
     (tmp_path / "corrupt.webp").write_bytes(b"RIFF\x00\x00\x00\x00WEBPnonsense")
     (tmp_path / "notes.txt").write_text("not a video")
     with caplog.at_level(logging.WARNING):
-        videos = data.scan_videos(tmp_path, data.ClipShape(5, 16))
+        videos, skipped = data.scan_videos(tmp_path, data.ClipShape(5, 16))
     assert [v.name for v in videos] == ["good.gif"]
+    assert [line.split(":")[0] for line in skipped] == ["corrupt.webp", "short.webp", "small.gif"]
     text = caplog.text
     assert "corrupt.webp: unreadable" in text and "short.webp: 3 frames" in text and "small.gif" in text
 
 
 def test_too_few_videos_fail_clearly(tmp_path, models):
     write_clip(tmp_path / "short.gif", frames=3)
-    with pytest.raises(DistillError, match="no usable training videos"):
+    with pytest.raises(DistillError, match="no usable training videos.*short.gif: 3 frames, a clip needs 5"):
         run(config(models, tmp_path, tmp_path / "out"))
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -311,7 +344,7 @@ def test_too_few_videos_fail_clearly(tmp_path, models):
 
 def test_crops_are_deterministic_per_step_and_slot(clips):
     shape = data.ClipShape(5, 16)
-    videos = data.scan_videos(clips, shape)
+    videos, _ = data.scan_videos(clips, shape)
     a = [data.crop_for(videos, shape, 7, step, slot) for step in range(5) for slot in range(3)]
     b = [data.crop_for(videos, shape, 7, step, slot) for step in range(5) for slot in range(3)]
     assert a == b and len(set(a)) > 10
@@ -329,7 +362,7 @@ def test_crops_are_deterministic_per_step_and_slot(clips):
 
 
 def test_holdout_split_is_by_file_fixed_and_disjoint(clips):
-    videos = data.scan_videos(clips, data.ClipShape(5, 16))
+    videos, _ = data.scan_videos(clips, data.ClipShape(5, 16))
     train, held = data.split_holdout(videos, 0.25, seed=0)
     assert len(held) == 1 and len(train) == 3
     assert {v.name for v in train}.isdisjoint({v.name for v in held})
@@ -479,10 +512,9 @@ def test_cli_help_documents_every_flag():
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    import dataclasses
-
-    for f in dataclasses.fields(DistillConfig):
-        assert "--" + f.name.replace("_", "-") in proc.stdout, f.name
+    for name, f, _ in flat_fields():
+        assert "--" + name.replace("_", "-") in proc.stdout, name
+        assert f.metadata["help"], name
 
 
 def test_cli_two_steps_writes_student_plot_and_report(models, clips, tmp_path):

@@ -22,8 +22,9 @@ from flash_vaed.arch.ltx_encoder import LTXTeacherEncoder
 from flash_vaed.arch.wan22 import Wan22Decoder
 from flash_vaed.arch.wan_encoder import WanEncoder
 from flash_vaed.checkpoint.io import TensorSource, from_state_dict
-from flash_vaed.checkpoint.load import build_decoder
-from flash_vaed.encoder import FrameError, build_encoder, diffusers_wan_encoder_to_original, plan_encoder
+from flash_vaed.checkpoint.load import build_decoder, detect
+from flash_vaed.checkpoint.wan_keys import diffusers_wan_encoder_to_original
+from flash_vaed.encoder import ENCODER_LAYOUTS, FrameError, build_encoder
 from flash_vaed.spec import Family
 from support.comfy_subprocess import comfy_root, comfy_vae_encode, worker_env
 from support.reference_weights import generate, load_manifest, manifest_shapes
@@ -291,12 +292,12 @@ def _shape_source(shapes: dict[str, tuple[int, ...]]) -> TensorSource:
 )
 def test_real_layouts_build_exactly(manifest, family, layout):
     """Every encoder key of the released files, with its shape, is a parameter of the module we build."""
-    plan, view = plan_encoder(_shape_source(manifest_shapes(load_manifest(manifest))))
-    assert (plan.family, plan.layout) == (family, layout)
+    recipe = detect(_shape_source(manifest_shapes(load_manifest(manifest))), ENCODER_LAYOUTS, "encoder")
+    assert (recipe.family, recipe.layout) == (family, layout)
     with torch.device("meta"):
-        module = plan.build()
+        module = recipe.build()
     built = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    assert built == {plan.keys[k]: view.shapes[k] for k in plan.keys}
+    assert built == {k: recipe.source.shapes[k] for k in recipe.keys}
 
 
 @pytest.mark.parametrize("wan22", [False, True])

@@ -1,4 +1,5 @@
-"""Decode engine: streaming equals whole-clip, tiles blend without seams, progress and cancellation."""
+"""Decode engine: streaming equals whole-clip, tiles blend without seams, progress and cancellation; the
+decoder-module protocol every architecture follows."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ import pytest
 import torch
 
 from flash_vaed import DecoderSpec, Family, LatentError, Op
+from flash_vaed.arch.ltx import LTXTeacherDecoder
+from flash_vaed.arch.ltx_student import LTXStudentDecoder, LTXStudentSpec
+from flash_vaed.arch.protocol import DecoderModule, decode_raw
 from flash_vaed.arch.wan import WanFamilyDecoder
+from flash_vaed.arch.wan22 import Wan22Decoder
 from flash_vaed.decoder import FlashDecoder
-from flash_vaed.engine.decode import chunk_bounds, frames_of_latents
+from flash_vaed.engine.decode import DecodePlan, chunk_bounds, frames_of_latents
 from flash_vaed.engine.state import DecodeState
 from flash_vaed.engine.tiles import feather_mask, plan_tiles
+from test_ltx_teacher import reduced_config
 
 
 def _decoder(op_deep=Op.FULL_3D, op_shallow=Op.FULL_3D, family=Family.WAN21, seed=0) -> FlashDecoder:
@@ -162,3 +168,95 @@ def test_non_contiguous_latents_decode_like_contiguous():
     zt = z.transpose(3, 4).contiguous().transpose(3, 4)
     assert not zt.is_contiguous()
     torch.testing.assert_close(dec.decode(zt), dec.decode(z), rtol=0, atol=0)
+
+
+def test_decode_takes_a_plan_or_the_old_keywords():
+    dec = _decoder()
+    z = _z(t=5, h=12, w=12)
+    plan = DecodePlan(chunk_frames=2, tile_px=64, overlap_px=16)
+    by_keywords = dec.decode(z, chunk_frames=2, tile_px=64, overlap_px=16)
+    torch.testing.assert_close(dec.decode(z, plan), by_keywords, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="not both"):
+        dec.decode(z, plan, chunk_frames=2)
+
+
+# ---- the decoder-module protocol ---------------------------------------------------------------------
+
+MODULES = {
+    "wan21-student": lambda: WanFamilyDecoder(DecoderSpec.tiny(Family.WAN21, Op.DEPTHWISE_3D, Op.FRAME_2D)),
+    "wan22-student": lambda: WanFamilyDecoder(DecoderSpec.tiny(Family.WAN22)),
+    "wan22-teacher": lambda: Wan22Decoder(dec_dim=4, blocks=1),
+    "ltx-teacher-0.9.1": lambda: LTXTeacherDecoder.from_comfy_config(
+        reduced_config(1, "zeros"), base_channels=4
+    ),
+    "ltx-student": lambda: LTXStudentDecoder(LTXStudentSpec.tiny()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_every_decoder_module_keeps_the_protocol(name):
+    torch.manual_seed(0)
+    module = MODULES[name]().eval()
+    assert isinstance(module, DecoderModule) and module.family.latent_channels == module.latent_channels
+    z = torch.randn(1, module.latent_channels, 3, 2, 2, generator=torch.Generator().manual_seed(1))
+    s = module.space_stride
+    with torch.no_grad():
+        whole = decode_raw(module, z)
+        assert whole.shape == (1, 3, frames_of_latents(0, 3, module.time_stride)[1], 2 * s, 2 * s)
+        if module.causal:
+            assert module.temporal_context == (0, 0)
+            state = DecodeState(module)
+            streamed = torch.cat([module(c, state) for c in z.split(1, dim=2)], dim=2)
+            torch.testing.assert_close(streamed, whole, rtol=0, atol=1e-5)
+        else:
+            assert module.temporal_halo == max(module.temporal_context) > 0
+            with pytest.raises(ValueError, match="not causal"):
+                module(z, DecodeState(module))
+        with pytest.raises(ValueError, match=f"{module.latent_channels}, T, H, W"):
+            module(z[:, :1])
+    profile = FlashDecoder(module.family, "teacher", module).memory_profile
+    assert (profile.space_stride, profile.time_stride, profile.causal) == (
+        s,
+        module.time_stride,
+        module.causal,
+    )
+
+
+def test_decode_raw_decodes_without_drawing_noise():
+    """decode_raw is the noise-free decode (zero injected noise, ComfyUI's timestep): no RNG is read."""
+    module = MODULES["ltx-teacher-0.9.1"]().eval()
+    assert module.injects_noise and module.timestep_conditioned
+    z = torch.randn(1, 128, 2, 2, 2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = decode_raw(module, z)
+        torch.manual_seed(2)
+        b = decode_raw(module, z)
+        zeros = [torch.zeros(n.shape) for n in module.draw_spatial_noise((2, 2), None)]
+        c = module(z, timestep=0.05, spatial_noise=zeros)
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", ["wan21-student", "ltx-student"])
+def test_memory_profile_on_meta_equals_a_real_decode(name):
+    """The profile runs on the meta device; its largest activation is what a real decode allocates."""
+    torch.manual_seed(0)
+    module = MODULES[name]().eval()
+    side = max(2, -(-64 // module.space_stride))
+    z = torch.randn(1, module.latent_channels, 2, side, side)
+    largest = 0
+
+    def record(_m, _i, out):
+        nonlocal largest
+        largest = max(largest, out.numel())
+
+    handles = [m.register_forward_hook(record) for m in module.modules()]
+    with torch.no_grad():
+        frames = decode_raw(module, z)
+    for h in handles:
+        h.remove()
+    dec = FlashDecoder(module.family, "student", module)
+    rng = torch.get_rng_state()
+    profile = dec.memory_profile
+    assert torch.equal(rng, torch.get_rng_state()) and next(module.parameters()).device.type == "cpu"
+    assert profile.peak_per_px_frame == largest / (frames.shape[2] * frames.shape[3] * frames.shape[4])

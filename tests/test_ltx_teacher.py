@@ -28,11 +28,10 @@ from support.reference_weights import generate, load_manifest, manifest_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_SCRIPT = REPO / "tests" / "support" / "comfy_ltx_reference.py"
-# The harness's ComfyUI ($FLASH_VAED_COMFYUI or .cache/comfyui), else the checkout's local .comfyui.
-COMFY_ROOT = next((r for r in (comfy_root(), REPO / ".comfyui") if comfy_installed(r)), comfy_root())
+COMFY_ROOT = comfy_root()
 needs_comfy = pytest.mark.skipif(
     not comfy_installed(COMFY_ROOT) and os.environ.get("FLASH_VAED_REQUIRE_COMFY", "") in ("", "0"),
-    reason=f"no ComfyUI 0.3.75 at {comfy_root()} or {REPO / '.comfyui'}",
+    reason=f"no ComfyUI 0.3.75 at {COMFY_ROOT}",
 )
 
 TOL = 5e-5

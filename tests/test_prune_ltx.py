@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from flash_vaed import DecoderSpec, Family, FlashDecoder, Op, load_decoder, save_student
 from flash_vaed.arch.ltx import DepthToSpaceUp, LTXTeacherDecoder, depth_to_space, pad_time
 from flash_vaed.arch.ltx_student import LTXStudentDecoder, LTXStudentSpec, StudentStage
-from flash_vaed.distill.loop import init_student
+from flash_vaed.distill.student import init_student
 from flash_vaed.latents import LatentNorm
 from flash_vaed.prune import PruneConfig, build_student_from_teacher, psnr_db
-from flash_vaed.prune.ltx import pair_layouts, run_ltx_decoder, upsample_weight
+from flash_vaed.prune.calibrate import decode_clips
+from flash_vaed.prune.ltx import pair_layouts, upsample_weight
 from flash_vaed.prune.synthetic import make_redundant_
 
 V0_BLOCKS = [
@@ -117,11 +118,11 @@ def redundant() -> LTXTeacherDecoder:
 
 def _random_student_psnr(spec: LTXStudentSpec, teacher: LTXTeacherDecoder, z: torch.Tensor) -> float:
     """The best of three seeded random inits: the baseline a pruned init has to beat."""
-    target = run_ltx_decoder(teacher, z)
+    target = decode_clips(teacher, z)
     best = -float("inf")
     for seed in range(3):
         torch.manual_seed(seed)
-        best = max(best, psnr_db(run_ltx_decoder(LTXStudentDecoder(spec).eval(), z), target))
+        best = max(best, psnr_db(decode_clips(LTXStudentDecoder(spec).eval(), z), target))
     return best
 
 
@@ -170,9 +171,7 @@ def test_identity_pruning_is_exact(teacher, latents):
     )
     student, report = build_student_from_teacher(teacher, full, latents, FAST)
     z = latents[-1:]
-    torch.testing.assert_close(
-        run_ltx_decoder(student.module, z), run_ltx_decoder(teacher, z), rtol=0, atol=1e-4
-    )
+    torch.testing.assert_close(decode_clips(student.module, z), decode_clips(teacher, z), rtol=0, atol=1e-4)
     assert report.channel_error() == 0
 
 
@@ -247,8 +246,8 @@ def test_init_student_auto_prunes_an_ltx_teacher(teacher, latents, caplog):
     assert student.latent_norm is norm and student.info["pruned_from"] == "tiny-ltx-teacher"
     z = latents[-1:]
     with torch.no_grad():
-        video = run_ltx_decoder(student.module, student.latent_norm.to_raw(comfy[-1:]))
-    assert psnr_db(video, run_ltx_decoder(teacher, z)) > _random_student_psnr(TINY, teacher, z) + 2.0
+        video = decode_clips(student.module, student.latent_norm.to_raw(comfy[-1:]))
+    assert psnr_db(video, decode_clips(teacher, z)) > _random_student_psnr(TINY, teacher, z) + 2.0
 
 
 def test_pruned_student_saves_and_reloads(teacher, latents, tmp_path):
@@ -258,7 +257,7 @@ def test_pruned_student_saves_and_reloads(teacher, latents, tmp_path):
     assert loaded.family is Family.LTXV and loaded.role == "student"
     assert loaded.module.spec == TINY
     z = latents[-1:]
-    assert torch.equal(run_ltx_decoder(loaded.module, z), run_ltx_decoder(student.module, z))
+    assert torch.equal(decode_clips(loaded.module, z), decode_clips(student.module, z))
 
 
 def test_teacher_is_left_unchanged(teacher, latents):

@@ -35,7 +35,7 @@ from flash_vaed.checkpoint.io import DiskFullError, atomic_save
 from flash_vaed.checkpoint.load import META_SPEC, save_student
 from flash_vaed.engine.decode import DecodePlan
 from flash_vaed.engine.limits import OutputTooLargeError, check_output_fits
-from flash_vaed.engine.retry import decode_with_fallback
+from flash_vaed.policy import decode_with_fallback
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,14 +16,23 @@ from flash_vaed import load_decoder, load_encoder
 from flash_vaed.arch.wan_vae import WanVAE
 from flash_vaed.distill import data as clipdata
 from flash_vaed.distill.losses import psnr
-from flash_vaed.engine.cpu import flushed_subnormals, keep_freed_memory
 from flash_vaed.errors import FlashVAEDError
 from flash_vaed.spec import Family
-from flash_vaed.teacher import EMBEDDED_TEACHER, TEACHER_CARD_KEY, embedded_teacher
-from flash_vaed.teacher.train import TeacherConfig, export_teacher, run, split, template_group
 from support.comfy_subprocess import comfy_vae_decode, load_outputs
 from support.reference_weights import load_manifest, manifest_shapes
 from support.tiny_clips import write_clips
+from training.cpu import flushed_subnormals, keep_freed_memory
+from training.teacher import (
+    EMBEDDED_TEACHER,
+    TEACHER_CARD_KEY,
+    TeacherConfig,
+    embedded_teacher,
+    export_teacher,
+    run,
+    split,
+    template_clips_dir,
+    template_group,
+)
 
 
 def test_wan_vae_has_the_real_wan21_keys_at_width_96():
@@ -140,12 +149,10 @@ def test_shipped_teacher_is_small_and_has_its_card():
 
 
 def test_shipped_teacher_reconstructs_a_held_out_real_clip(one_thread):
-    from flash_vaed.teacher.clips import template_clips_dir
-
     with safe_open(str(embedded_teacher()), "pt") as f:
         held = json.loads(f.metadata()[TEACHER_CARD_KEY])["held_out"]
     shape = clipdata.ClipShape(9, 64)
-    videos = [v for v in clipdata.scan_videos(template_clips_dir(), shape) if v.name == held[0]]
+    videos = [v for v in clipdata.scan_videos(template_clips_dir(), shape)[0] if v.name == held[0]]
     x = clipdata.ClipReader(videos, shape).clip(clipdata.eval_crops(videos, shape, 1)[0]).unsqueeze(0)
     y = load_decoder(embedded_teacher()).decode(load_encoder(embedded_teacher()).encode(x))
     assert psnr(y, x) > 17  # never trained on this clip (22.2 dB); random weights of the layout give 12.0

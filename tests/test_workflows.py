@@ -44,9 +44,14 @@ from support.tiny_models import write_models
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_DIR = REPO_ROOT / "workflows"
 WORKFLOWS = sorted(p.stem for p in WORKFLOW_DIR.glob("*.json"))
-EXPECTED = {"wan21_t2v", "wan21_i2v", "ltxv_t2v", "wan21_compare_decoders", "wan21_prune_distill"}
+EXPECTED = {
+    "wan21_t2v", "wan21_i2v", "ltxv_t2v", "wan21_compare_decoders", "wan21_prune_distill",
+    "wan22_14b_t2v", "wan22_14b_i2v", "wan22_5b_ti2v",
+}  # fmt: skip
 SAMPLERS = {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"}
 EMPTY_LATENTS = {"EmptyHunyuanLatentVideo", "EmptyLTXVLatentVideo", "EmptyHunyuanImageLatent"}
+# Wan 2.2 5B's latent: zeros of 48 channels, unless a start image is connected (then it encodes it)
+EMPTY_UNLESS_START_IMAGE = {"Wan22ImageToVideoLatent"}
 SMALL = {"width": 64, "height": 64, "length": 9}  # Wan: 3 latent frames of 8x8; LTX: 2 of 2x2
 # Inputs naming files the test server does not have (diffusion models, text encoders, CLIP vision).
 MODEL_FILE_INPUTS = {"unet_name", "clip_name", "ckpt_name"}
@@ -121,10 +126,18 @@ def decode_part(prompt: dict, object_info: dict) -> dict:
         if node["class_type"] == "FlashVAEDPruneDistill":
             node["inputs"].update(TINY_DISTILL, output_name=f"decode_part_{uuid.uuid4().hex[:8]}")
     next_id = max(int(k) for k in p) + 1
-    for sid in [k for k, n in p.items() if n["class_type"] in SAMPLERS]:
+    for node in p.values():
+        if node["class_type"] in EMPTY_UNLESS_START_IMAGE and "start_image" not in node["inputs"]:
+            node["inputs"].update(SMALL)
+    encoded: set[str] = set()
+    for sid in _samplers_in_order(p):
         src_id, src_slot = p[sid]["inputs"]["latent_image"]
         src = p[src_id]
-        if src["class_type"] in EMPTY_LATENTS:
+        if src_id in encoded:  # the second expert of a chain: the first one's latent is made already
+            latent = [src_id, src_slot]
+        elif src["class_type"] in EMPTY_LATENTS or (
+            src["class_type"] in EMPTY_UNLESS_START_IMAGE and "start_image" not in src["inputs"]
+        ):
             src["inputs"].update(SMALL)
             latent = [src_id, src_slot]
         else:  # image to video: the start image, shrunk, through the workflow's own VAE (the drop-in)
@@ -138,6 +151,7 @@ def decode_part(prompt: dict, object_info: dict) -> dict:
                 "inputs": {"pixels": [scale, 0], "vae": src["inputs"]["vae"]},
             }
             latent = [encode, 0]
+            encoded.add(encode)
         del p[sid]
         for node in p.values():
             for key, value in node["inputs"].items():
@@ -151,6 +165,18 @@ def decode_part(prompt: dict, object_info: dict) -> dict:
             needed.add(nid)
             todo += [v[0] for v in p[nid]["inputs"].values() if isinstance(v, list) and len(v) == 2]
     return {k: v for k, v in p.items() if k in needed}
+
+
+def _samplers_in_order(prompt: dict) -> list[str]:
+    """Sampler ids, each after the samplers it takes its latent from (Wan 2.2 14B chains two experts): once a
+    sampler is replaced by the small latent, the next one in the chain reads that latent."""
+    todo = [k for k, n in prompt.items() if n["class_type"] in SAMPLERS]
+    ordered: list[str] = []
+    while todo:
+        ready = [k for k in todo if prompt[k]["inputs"]["latent_image"][0] not in todo]
+        ordered += ready
+        todo = [k for k in todo if k not in ready]
+    return ordered
 
 
 def check_decode_outputs(name: str, prompt: dict, entry: dict) -> None:

@@ -28,54 +28,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from flash_vaed.distill.loop import DistillConfig, DistillResult, run  # noqa: E402
-from flash_vaed.distill.plot import plot_losses  # noqa: E402
-from flash_vaed.engine.cpu import fast_cpu_training  # noqa: E402
+from flash_vaed.distill.config import DistillConfig, flat_fields  # noqa: E402
+from flash_vaed.distill.loop import DistillResult, run  # noqa: E402
+from training.cpu import fast_cpu_training  # noqa: E402
+from training.plot import plot_losses  # noqa: E402
 
 log = logging.getLogger("training.distill")
-
-# one line of help per DistillConfig field; a test checks that every field has a flag and a help text
-HELP = {
-    "teacher": "teacher VAE file (.safetensors/.pth, or a diffusers folder): its decoder is distilled",
-    "data": "folder of training videos, searched recursively (.mp4 .webm .mov .mkv via PyAV; animated .webp .gif)",
-    "out": "run folder: checkpoints, final student, loss plot, report",
-    "preset": "student layout: a name from flash_vaed.presets, a JSON spec file, 'tiny', 'official' or 'auto'",
-    "encoder": "VAE file whose encoder makes the latents (default: --teacher; needed when --teacher has no encoder)",
-    "init": "student init: 'prune' (from the teacher's weights), 'random', a student file to fine-tune, or 'auto' (prune if possible, else random)",
-    "steps": "optimizer steps in all (the three phases share them by --phases)",
-    "batch_size": "clips per process per step",
-    "lr": "peak learning rate (AdamW)",
-    "warmup_steps": "linear LR warmup steps",
-    "min_lr_ratio": "the cosine ends at lr * this",
-    "weight_decay": "AdamW weight decay",
-    "grad_clip": "clip the gradient norm to this",
-    "phases": "shares of the steps of phase 1 (deep features), 2 (middle features), 3 (shallow features + pixels)",
-    "blend": "share of a phase over which incoming loss terms rise and outgoing ones fall (half-cosine)",
-    "keep": "floor an outgoing feature term falls to, as a share of its full weight",
-    "w_feat": "full weight of each feature-alignment term",
-    "w_l1": "phase-3 weight of L1 to the teacher's output",
-    "w_l2": "phase-3 weight of L2 (MSE) to the teacher's output",
-    "w_ssim": "phase-3 weight of 1 - SSIM to the teacher's output",
-    "w_gt": "phase-3 weight of L1 to the real frames (0: distil from the teacher alone)",
-    "clip_frames": "frames per training clip: 4k+1 for Wan, 8k+1 for LTX-Video",
-    "crop_px": "square crop edge in pixels: a multiple of 8 (Wan 2.1), 16 (Wan 2.2) or 32 (LTX-Video)",
-    "resize_short": "resize videos so their short side has this many pixels before cropping (default: no resize)",
-    "flip": "mirror half of the clips horizontally",
-    "holdout": "share of the video files held out for the final evaluation (at least one when there are two)",
-    "eval_crops": "evaluation crops per held-out video",
-    "eval_px": "evaluation crop edge in pixels (default: --crop-px)",
-    "evaluate": "evaluate on the held-out videos at the end and write report.md / report.json",
-    "seed": "seed of the crops, the split and the init",
-    "device": "'auto' (cuda:LOCAL_RANK if there is a GPU, else cpu), or a torch device",
-    "amp": "bf16 autocast on CUDA (ignored on CPU)",
-    "checkpoint_every": "write a resumable checkpoint every this many steps",
-    "log_every": "log the losses every this many steps",
-    "resume": "continue from --out/last.state.safetensors (same settings; --steps may grow)",
-    "cache": "cache (latent, target) of pool crops in --out/cache (needs --crop-pool)",
-    "crop_pool": "draw crops from this many fixed ones (0: a fresh random crop every time)",
-    "keep_videos": "decoded .webp/.gif videos kept in memory",
-    "calib_batches": "batches used to initialise the student (pruning) and the feature adapters",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,15 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distil a Flash-VAED student decoder from a Wan 2.1/2.2 or LTX-Video teacher.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for f in dataclasses.fields(DistillConfig):
-        flag = "--" + f.name.replace("_", "-")
+    for name, f, _ in flat_fields():  # one flag per setting, its help from the field's metadata
+        flag = "--" + name.replace("_", "-")
         required = f.default is dataclasses.MISSING
         default = None if required else f.default
-        kwargs: dict = {"help": HELP[f.name], "dest": f.name}
+        kwargs: dict = {"help": f.metadata["help"], "dest": name}
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kwargs)
             continue
-        if f.name == "phases":
+        if name == "phases":
             kwargs |= {"nargs": 3, "type": float, "metavar": ("P1", "P2", "P3")}
         elif "int" in str(f.type):
             kwargs["type"] = int
@@ -107,9 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: Sequence[str] | None = None) -> tuple[DistillConfig, argparse.Namespace]:
     args = build_parser().parse_args(argv)
-    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)}
-    fields["phases"] = tuple(fields["phases"])
-    return DistillConfig(**fields), args
+    return DistillConfig.from_dict({name: getattr(args, name) for name, _, _ in flat_fields()}), args
 
 
 class _StopOnSignal:
@@ -168,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     stop = _StopOnSignal()
     previous = signal.signal(signal.SIGINT, stop)
     try:
-        # CPU runs: no fresh zeroed pages every step, no slow subnormal arithmetic (flash_vaed.engine.cpu)
+        # CPU runs: no fresh zeroed pages every step, no slow subnormal arithmetic (training/cpu.py)
         with fast_cpu_training():
             result: DistillResult = run(cfg, on_progress=tqdm_progress(stop, show_bar))
     finally:

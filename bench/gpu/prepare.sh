@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from flash_vaed.teacher.clips import template_clips_dir
+from training.teacher import template_clips_dir
 
 fits = []
 for path in Path(template_clips_dir()).iterdir():

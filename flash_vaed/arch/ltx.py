@@ -53,6 +53,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..engine.state import DecodeState
+from ..spec import Family
+from .protocol import DecoderModule
+
 __all__ = [
     "COMFY_DECODER_BLOCKS",
     "DECODE_NOISE_SCALE",
@@ -486,23 +490,17 @@ class ComfyLTXDecoder(nn.Module):
         return unpatchify(x, self.patch_size)
 
 
-class LTXTeacherDecoder(nn.Module):
+class LTXTeacherDecoder(DecoderModule):
     """ComfyUI's LTX-Video VAE decoder (versions 0/1/2 or any ComfyUI decoder config of that family).
 
     Takes RAW latents (un-normalize first; for versions 1/2 mix the decode noise before that, see the
-    module docstring). Attributes the engine relies on:
-
-    timestep_conditioned: versions 1 and 2 (forward then uses `timestep`, default 0.05).
-    injects_noise:        version 1: forward needs the `draw_spatial_noise` tensors (drawn from the
-                          global RNG when not given, which only matches ComfyUI for an unsplit decode).
-    temporal_context:     latent frames (before, after) a window needs for exact frames;
-                          temporal_halo = max of the two. A window whose first latent frame s > 0
-                          yields frames from time_stride * s on (its first latent frame gives one frame).
+    module docstring). Versions 1 and 2 are timestep-conditioned (default timestep 0.05); version 1
+    injects noise (drawn from the global RNG when not given, which only matches ComfyUI for an unsplit
+    decode). A window whose first latent frame s > 0 yields frames from time_stride * s on (its first
+    latent frame gives one frame).
     """
 
-    latent_channels: int = 128
-    time_stride: int = 8
-    space_stride: int = 32
+    family = Family.LTXV
 
     def __init__(
         self,
@@ -537,10 +535,9 @@ class LTXTeacherDecoder(nn.Module):
             ops += block.time_ops()
         ops.append(self.decoder.conv_out.time_reach)
         self.temporal_context = temporal_context(ops)
-        self.temporal_halo = max(self.temporal_context)
         time_ups = sum(isinstance(b, DepthToSpaceUp) and b.stride[0] == 2 for b in self.decoder.up_blocks)
         self.time_stride = 2**time_ups
-        self._noise_scales = self._noise_draw_scales()
+        self.noise_scales = self._noise_draw_scales()
         space_ups = math.prod(b.stride[1] for b in self.decoder.up_blocks if isinstance(b, DepthToSpaceUp))
         self.space_stride = patch_size * space_ups
 
@@ -586,7 +583,7 @@ class LTXTeacherDecoder(nn.Module):
 
     # ---- noise ----
 
-    def _noise_draw_scales(self) -> list[int]:
+    def _noise_draw_scales(self) -> tuple[int, ...]:
         """Spatial scale (vs the latent) of each injected-noise draw, in draw order."""
         scale, scales = 1, []
         for block in self.decoder.up_blocks:
@@ -595,58 +592,16 @@ class LTXTeacherDecoder(nn.Module):
                 continue
             resnets = block.res_blocks if isinstance(block, ResStack) else [block]
             scales += [scale, scale] * sum(r.noisy for r in resnets)
-        return scales
-
-    @property
-    def injects_noise(self) -> bool:
-        return bool(self._noise_scales)
-
-    def draw_spatial_noise(
-        self,
-        latent_hw: tuple[int, int],
-        generator: torch.Generator | None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> list[Tensor] | None:
-        """Pre-draw the 0.9.1 injected noise for a whole (H, W) latent: (sH, sW) tensors in ComfyUI's order.
-
-        generator=None draws from the global RNG, as ComfyUI does. None for decoders without injection.
-        """
-        if not self._noise_scales:
-            return None
-        h, w = latent_hw
-        return [
-            torch.randn((s * h, s * w), generator=generator, device=device, dtype=dtype)
-            for s in self._noise_scales
-        ]
-
-    def crop_spatial_noise(
-        self, noise: list[Tensor] | None, y0: int, y1: int, x0: int, x1: int
-    ) -> list[Tensor] | None:
-        """The part of whole-latent noise under latent rows y0:y1 and columns x0:x1 (for spatial tiles)."""
-        if noise is None:
-            return None
-        return [n[s * y0 : s * y1, s * x0 : s * x1] for n, s in zip(noise, self._noise_scales, strict=True)]
+        return tuple(scales)
 
     # ---- decode ----
 
-    def forward(
-        self, z_raw: Tensor, *, timestep: float | None = None, spatial_noise: list[Tensor] | None = None
+    def _decode(
+        self, z_raw: Tensor, state: DecodeState | None, timestep: float | None, noise: list[Tensor]
     ) -> Tensor:
         """z_raw (B, 128, T, H, W) raw latents -> video (B, 3, 8T-7, 32H, 32W), roughly [-1, 1], unclamped.
 
-        timestep: defaults to ComfyUI's 0.05 for conditioned decoders; ignored otherwise.
-        spatial_noise: from `draw_spatial_noise` (cropped for tiles); drawn here from the global RNG when
-        None and the decoder injects noise, which matches ComfyUI for an unwindowed decode.
+        timestep defaults to ComfyUI's 0.05 for conditioned decoders; noise: the injected noise, drawn from
+        the global RNG by `forward` when not given (which matches ComfyUI for an unwindowed decode).
         """
-        if z_raw.ndim != 5 or z_raw.shape[1] != self.latent_channels:
-            raise ValueError(
-                f"expected (B, {self.latent_channels}, T, H, W) latents, got {tuple(z_raw.shape)}"
-            )
-        if spatial_noise is None:
-            spatial_noise = self.draw_spatial_noise(tuple(z_raw.shape[-2:]), None, z_raw.device, z_raw.dtype)
-        noise = list(spatial_noise or [])
-        if len(noise) != len(self._noise_scales):
-            raise ValueError(f"expected {len(self._noise_scales)} spatial noise tensors, got {len(noise)}")
-        stream = iter(noise)
-        return self.decoder(z_raw, DECODE_TIMESTEP if timestep is None else timestep, stream)
+        return self.decoder(z_raw, DECODE_TIMESTEP if timestep is None else timestep, iter(noise))

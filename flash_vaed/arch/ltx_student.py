@@ -29,8 +29,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..spec import Op
+from ..engine.state import DecodeState
+from ..spec import Family, Op
 from .ltx import DepthToSpaceUp, ReplicateTimeConv3d, pad_time, temporal_context, time_reach, unpatchify
+from .protocol import DecoderModule
 
 __all__ = ["LTXStudentSpec", "StudentStage", "LTXStudentDecoder"]
 
@@ -270,11 +272,10 @@ class StudentBody(nn.Module):
         return unpatchify(x, self.patch_size)
 
 
-class LTXStudentDecoder(nn.Module):
-    """A Flash-VAED LTX student; same calling interface as `LTXTeacherDecoder` (no noise, no timestep)."""
+class LTXStudentDecoder(DecoderModule):
+    """A Flash-VAED LTX student: not causal, not timestep-conditioned, no injected noise."""
 
-    timestep_conditioned = False
-    injects_noise = False
+    family = Family.LTXV
 
     def __init__(self, spec: LTXStudentSpec | None = None):
         super().__init__()
@@ -285,32 +286,9 @@ class LTXStudentDecoder(nn.Module):
         self.time_stride = 2**ups
         self.space_stride = self.spec.patch_size * 2**ups
         self.temporal_context = temporal_context(self.decoder.time_ops())
-        self.temporal_halo = max(self.temporal_context)
 
-    def draw_spatial_noise(
-        self,
-        latent_hw: tuple[int, int],
-        generator: torch.Generator | None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        """Students inject no noise (kept for the teacher's interface)."""
-        return None
-
-    def crop_spatial_noise(self, noise: None, y0: int, y1: int, x0: int, x1: int) -> None:
-        return None
-
-    def forward(
-        self, z_raw: Tensor, *, timestep: float | None = None, spatial_noise: list[Tensor] | None = None
+    def _decode(
+        self, z_raw: Tensor, state: DecodeState | None, timestep: float | None, noise: list[Tensor]
     ) -> Tensor:
-        """z_raw (B, 128, T, H, W) RAW latents -> video (B, 3, 8T-7, 32H, 32W), roughly [-1, 1], unclamped.
-
-        timestep is ignored (the student is not timestep-conditioned); spatial_noise must be None.
-        """
-        if z_raw.ndim != 5 or z_raw.shape[1] != self.latent_channels:
-            raise ValueError(
-                f"expected (B, {self.latent_channels}, T, H, W) latents, got {tuple(z_raw.shape)}"
-            )
-        if spatial_noise:
-            raise ValueError("the LTX student injects no spatial noise")
+        """z_raw (B, 128, T, H, W) RAW latents -> video (B, 3, 8T-7, 32H, 32W), roughly [-1, 1], unclamped."""
         return self.decoder(z_raw)

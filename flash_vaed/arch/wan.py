@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
-from torch import nn
+from torch import Tensor, nn
 
 from ..engine.state import DecodeState
 from ..spec import DecoderSpec, Op
@@ -24,6 +24,8 @@ from .layers import (
     fold_frames,
     unfold_frames,
 )
+from .protocol import DecoderModule
+from .stage_shortcut import stage_shortcut
 
 
 def residual_block(in_ch: int, out_ch: int, op: Op) -> nn.Module:
@@ -65,51 +67,81 @@ class WanDecoderBody(nn.Module):
             ]
         )
         ups: list[nn.Module] = []
+        shortcuts: dict[str, nn.Module] = {}
+        self._shortcut_spans: list[tuple[int, int, str]] = []  # (first, last) index in upsamples, key
         in_ch = mid
-        for stage in spec.stages:
+        for i, stage in enumerate(spec.stages):
+            first, stage_in = len(ups), in_ch
             for _ in range(stage.blocks):
                 ups.append(residual_block(in_ch, stage.width, stage.op))
                 in_ch = stage.width
             if stage.up_out is not None:
                 ups.append(Upsample(stage.width, stage.up_out, time=stage.up_time))
                 in_ch = stage.up_out
+            if stage.shortcut is not None:
+                shortcuts[str(i)] = stage_shortcut(stage.shortcut, stage_in, in_ch, stage.up_time)
+                self._shortcut_spans.append((first, len(ups) - 1, str(i)))
         self.upsamples = nn.ModuleList(ups)
+        if shortcuts:
+            self.shortcuts = nn.ModuleDict(shortcuts)
         self.head = Head(in_ch, 3 * spec.out_patch**2, spec.head_time)
 
     def forward(self, x: torch.Tensor, state: DecodeState) -> torch.Tensor:
         batch = x.shape[0]
         x = self.conv1(x, state[self.conv1])
         folded = False
-        for module in [*self.middle, *self.upsamples, self.head]:
+        skip = len(self.middle)
+        starts = {skip + first: key for first, _, key in self._shortcut_spans}
+        ends = {skip + last: key for _, last, key in self._shortcut_spans}
+        stage_inputs: dict[str, torch.Tensor] = {}
+        for i, module in enumerate([*self.middle, *self.upsamples, self.head]):
+            if i in starts:
+                stage_inputs[starts[i]] = unfold_frames(x, batch) if folded else x
             want_folded = bool(module.frame_wise)
             if want_folded != folded:
                 x = fold_frames(x) if want_folded else unfold_frames(x, batch)
                 folded = want_folded
             x = module(x, state)
+            if i in ends:
+                key = ends[i]
+                around = self.shortcuts[key](stage_inputs.pop(key), state)
+                x = x + (fold_frames(around) if folded else around)
         return unfold_frames(x, batch) if folded else x
 
 
-class WanFamilyDecoder(nn.Module):
-    """Raw Wan latents (B, C, T, H, W) -> video (B, 3, 4T-3, s*H, s*W), about [-1, 1], unclamped.
+class WanDecoderBase(DecoderModule):
+    """conv2, a body of causal stages, and the head's unpatchify: what every Wan-family layout shares."""
 
-    `forward(z, state)` decodes the next chunk of a stream; a fresh `DecodeState` decodes a whole clip.
+    causal = True
+    out_patch = 1
+    conv2: PointwiseConv3d
+    decoder: nn.Module
+
+    def _decode(
+        self, z_raw: Tensor, state: DecodeState | None, timestep: float | None, noise: list[Tensor]
+    ) -> Tensor:
+        out = self.decoder(self.conv2(z_raw), state)
+        state.latent_frames_seen += z_raw.shape[2]
+        if self.out_patch > 1:
+            p = self.out_patch
+            out = rearrange(out, "b (c r q) t h w -> b c t (h q) (w r)", q=p, r=p)
+        return out
+
+
+class WanFamilyDecoder(WanDecoderBase):
+    """Raw Wan latents (B, C, T, H, W) -> video (B, 3, 4T-3, s*H, s*W), about [-1, 1], unclamped: the Wan 2.1
+    teacher and every student, built from a `DecoderSpec`.
+
+    `forward(z, state)` decodes the next chunk of a stream; without a state it decodes a whole clip.
     """
 
     def __init__(self, spec: DecoderSpec):
         super().__init__()
         self.spec = spec
         self.family = spec.family
+        self.latent_channels = spec.latent_channels
+        self.time_stride = spec.time_stride
+        self.space_stride = spec.space_stride
+        self.out_patch = spec.out_patch
         self.conv2 = PointwiseConv3d(spec.latent_channels, spec.latent_channels)
         self.decoder = WanDecoderBody(spec)
-
-    @property
-    def causal(self) -> bool:
-        return True
-
-    def forward(self, z: torch.Tensor, state: DecodeState) -> torch.Tensor:
-        out = self.decoder(self.conv2(z), state)
-        state.latent_frames_seen += z.shape[2]
-        if self.spec.out_patch > 1:
-            p = self.spec.out_patch
-            out = rearrange(out, "b (c r q) t h w -> b c t (h q) (w r)", q=p, r=p)
-        return out

@@ -9,7 +9,6 @@ Latents are raw (ComfyUI's LATENT["samples"] for Wan 2.2).
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import nn
 
 from ..engine.state import DecodeState
@@ -24,7 +23,7 @@ from .layers import (
     fold_frames,
     unfold_frames,
 )
-from .wan import Head
+from .wan import Head, WanDecoderBase
 
 
 class UpStage(nn.Module):
@@ -52,24 +51,19 @@ class UpStage(nn.Module):
         return h if self.avg_shortcut is None else h + self.avg_shortcut(x, state)
 
 
-class Wan22Decoder(nn.Module):
+class Wan22Decoder(WanDecoderBase):
     """Raw Wan 2.2 latents (B, 48, T, H, W) -> video (B, 3, 4T-3, 16H, 16W), about [-1, 1], unclamped."""
 
     family = Family.WAN22
+    time_stride = 4
+    space_stride = 16
+    out_patch = 2
 
     def __init__(self, dec_dim: int = 256, z_dim: int = 48, blocks: int = 3):
         super().__init__()
+        self.latent_channels = z_dim
         self.conv2 = PointwiseConv3d(z_dim, z_dim)
         self.decoder = Wan22Body(dec_dim, z_dim, blocks)
-
-    @property
-    def causal(self) -> bool:
-        return True
-
-    def forward(self, z: torch.Tensor, state: DecodeState) -> torch.Tensor:
-        out = self.decoder(self.conv2(z), state)
-        state.latent_frames_seen += z.shape[2]
-        return rearrange(out, "b (c r q) t h w -> b c t (h q) (w r)", q=2, r=2)
 
 
 class Wan22Body(nn.Module):

@@ -1,14 +1,17 @@
 """Recognise a checkpoint by its keys, shapes and metadata (never its file name) and build its decoder.
 
-Known layouts: the Wan 2.1 / 2.2 VAEs (original and diffusers), LTX-Video VAEs 0.9.0 / 0.9.1 / 0.9.5+
-(standalone, inside all-in-one checkpoints, diffusers), the official Flash-VAED students, and our own
-students (safetensors with flash_vaed.* metadata). Loads are strict: a partial match is an error that
-names the layout and the first missing / unexpected keys.
+Known layouts (`DECODER_LAYOUTS`, a table of what the keys hold and the recipe that follows): the Wan 2.1 /
+2.2 VAEs (original and diffusers), LTX-Video VAEs 0.9.0 / 0.9.1 / 0.9.5+ (standalone, inside all-in-one
+checkpoints, diffusers), the official Flash-VAED students, and our own students (safetensors with
+flash_vaed.* metadata). Detection returns a `Recipe` that carries the tensors under the module's own names;
+building only follows it. Loads are strict: a partial match is an error that names the layout and the
+first missing / unexpected keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -18,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..arch.ltx import LTXTeacherDecoder, ltx_version_from_keys
+from ..arch.ltx_student import LTXStudentDecoder, LTXStudentSpec
 from ..arch.wan import WanFamilyDecoder
 from ..arch.wan22 import Wan22Decoder
 from ..decoder import FlashDecoder
@@ -25,6 +30,7 @@ from ..errors import CheckpointError
 from ..latents import LatentNorm
 from ..spec import DecoderSpec, Family, Op
 from .io import TensorSource, atomic_save, from_state_dict, open_tensors
+from .ltx_keys import diffusers_ltx_to_original
 from .wan_keys import diffusers_wan_to_original, spec_from_wan_shapes
 
 log = logging.getLogger(__name__)
@@ -38,16 +44,29 @@ META_SPEC = "flash_vaed.spec"
 LTX_STATS = ("per_channel_statistics.mean-of-means", "per_channel_statistics.std-of-means")
 
 
-@dataclass
-class Plan:
-    """How to build one decoder from one source: the module, and source key -> module key."""
+@dataclass(frozen=True)
+class Recipe:
+    """What a checkpoint holds and how to build it, decided once from its keys, shapes and metadata.
+
+    source: the tensors under the built module's own names (model prefix stripped, diffusers names
+            mapped), so that building reads them without detecting anything again.
+    keys:   the source keys the module owns; the others (an encoder, say) stay on disk.
+    latent_norm_keys: (mean, std) source keys of the latent statistics (LTX), or None.
+    layout: the layout's name, for people (errors, logs, FlashDecoder.layout); nothing dispatches on it.
+    """
 
     layout: str
     family: Family
     role: str
     build: Callable[[], nn.Module]
-    keys: dict[str, str]  # source key -> module state-dict key
-    latent_norm_keys: tuple[str, str] | None = None  # (mean, std) source keys, for LTX
+    source: TensorSource
+    keys: tuple[str, ...]
+    latent_norm_keys: tuple[str, str] | None = None
+
+
+def owned(src: TensorSource, *prefixes: str) -> tuple[str, ...]:
+    """The keys of `src` under any of `prefixes`."""
+    return tuple(k for k in src.shapes if k.startswith(prefixes))
 
 
 # ---- detection -------------------------------------------------------------------------------
@@ -90,9 +109,9 @@ def strip_model_prefix(src: TensorSource, part: str = "decoder") -> TensorSource
     return src
 
 
-def _wan_plan(src: TensorSource, layout: str) -> Plan:
+def _wan_recipe(src: TensorSource, diffusers: bool = False) -> Recipe:
     try:
-        return _wan_plan_from_shapes(src, layout)
+        return _wan_recipe_from_shapes(src, diffusers)
     except KeyError as err:  # a key the layout cannot do without (conv1, head, conv2, ...)
         raise CheckpointError(
             f"{src.origin}: looks like a Wan VAE but the key {err.args[0]!r} is missing; "
@@ -104,19 +123,20 @@ def _wan_plan(src: TensorSource, layout: str) -> Plan:
         raise CheckpointError(f"{src.origin}: looks like a Wan VAE but {err}; nothing was loaded.") from err
 
 
-def _wan_plan_from_shapes(src: TensorSource, layout: str) -> Plan:
+def _wan_diffusers_recipe(src: TensorSource) -> Recipe:
+    keys = sorted(src.keys())
+    wan22 = any(".upsampler." in k for k in keys)
+    return _wan_recipe(src.renamed(diffusers_wan_to_original(keys, wan22)), diffusers=True)
+
+
+def _wan_recipe_from_shapes(src: TensorSource, diffusers: bool) -> Recipe:
     shapes = src.shapes
-    wanted = {k: k for k in shapes if k.startswith(("decoder.", "conv2."))}
+    suffix = "-diffusers" if diffusers else ""
+    keys = owned(src, "decoder.", "conv2.")
     if "decoder.upsamples.0.upsamples.0.residual.2.weight" in shapes:
-        dim = shapes["decoder.head.0.gamma"][0]
-        z = shapes["conv2.weight"][0]
-        return Plan(
-            layout.replace("wan", "wan22", 1) if layout.startswith("wan-") else "wan22",
-            Family.WAN22,
-            "teacher",
-            lambda: Wan22Decoder(dec_dim=dim, z_dim=z),
-            wanted,
-        )
+        dim, z = shapes["decoder.head.0.gamma"][0], shapes["conv2.weight"][0]
+        build = functools.partial(Wan22Decoder, dec_dim=dim, z_dim=z)
+        return Recipe("wan22" + suffix, Family.WAN22, "teacher", build, src, keys)
     spec = spec_from_wan_shapes(shapes, name="from-checkpoint")
     teacher = all(s.op is Op.FULL_3D for s in spec.stages) and spec.middle_op is Op.FULL_3D
     if teacher:
@@ -130,11 +150,8 @@ def _wan_plan_from_shapes(src: TensorSource, layout: str) -> Plan:
         spec, name = DecoderSpec.flashvaed_wan21(), "flashvaed-wan-official"
     else:
         name = "flash-vaed-wan (untagged)"
-    if layout.endswith("diffusers"):
-        name += "-diffusers"
-    return Plan(
-        name, spec.family, "teacher" if teacher else "student", lambda: WanFamilyDecoder(spec), wanted
-    )
+    role = "teacher" if teacher else "student"
+    return Recipe(name + suffix, spec.family, role, lambda: WanFamilyDecoder(spec), src, keys)
 
 
 def ltx_metadata_config(src: TensorSource) -> dict | None:
@@ -149,57 +166,50 @@ def ltx_metadata_config(src: TensorSource) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
-def _ltx_teacher_plan(src: TensorSource, layout_suffix: str = "") -> Plan:
-    from ..arch.ltx import LTXTeacherDecoder, ltx_version_from_keys
-
+def _ltx_teacher_recipe(src: TensorSource, diffusers: bool = False) -> Recipe:
     # ComfyUI reads a decoder-only 0.9.5+ file as 0.9.1; a diffusers folder has no ComfyUI behaviour to
     # copy (ComfyUI cannot load it) and no encoder key names that match, so tell versions by the decoder
     try:
-        version = ltx_version_from_keys(src.keys(), src.shapes, like_comfyui=not layout_suffix)
+        version = ltx_version_from_keys(src.keys(), src.shapes, like_comfyui=not diffusers)
     except ValueError as err:
         raise CheckpointError(f"{src.origin}: {err}") from err
     config = ltx_metadata_config(src)
     # ComfyUI pads the decoder with reflect unless the file's config says otherwise; diffusers (whose
     # folders ComfyUI cannot load) pads with zeros, so a diffusers folder decodes as diffusers does
-    padding = (config or {}).get("spatial_padding_mode", "zeros" if layout_suffix else "reflect")
-    wanted = {k: k for k in src.shapes if k.startswith("decoder.")}
-    stats = LTX_STATS if all(k in src.shapes for k in LTX_STATS) else None
-    if stats is None:
+    padding = (config or {}).get("spatial_padding_mode", "zeros" if diffusers else "reflect")
+    if not all(k in src for k in LTX_STATS):
         raise CheckpointError(
             f"{src.origin}: an LTX-Video VAE without per_channel_statistics (mean-of-means / std-of-means); "
             "they turn ComfyUI's normalized latents into the decoder's raw latents. Use the full VAE file."
         )
     names = {0: "ltxv-0.9.0", 1: "ltxv-0.9.1", 2: "ltxv-0.9.5"}
-    return Plan(
-        names.get(version, f"ltxv-v{version}") + layout_suffix,
+    return Recipe(
+        names.get(version, f"ltxv-v{version}") + ("-diffusers" if diffusers else ""),
         Family.LTXV,
         "teacher",
         lambda: LTXTeacherDecoder.for_version(version, spatial_padding_mode=padding),
-        wanted,
-        stats,
+        src,
+        owned(src, "decoder."),
+        LTX_STATS,
     )
 
 
-def _ltx_student_plan(src: TensorSource) -> Plan:
-    from ..arch.ltx_student import LTXStudentDecoder, LTXStudentSpec
-
-    wanted = {k: k for k in src.shapes if k.startswith("decoder.")}
-    stats = None
-    if "mean_of_means" in src.shapes and "std_of_means" in src.shapes:
-        stats = ("mean_of_means", "std_of_means")
-    elif "latents_mean" in src.shapes and "latents_std" in src.shapes:
-        stats = ("latents_mean", "latents_std")
-    return Plan(
-        "flashvaed-ltx-official",
-        Family.LTXV,
-        "student",
-        lambda: LTXStudentDecoder(LTXStudentSpec.official()),
-        wanted,
-        stats,
-    )
+def _ltx_diffusers_recipe(src: TensorSource) -> Recipe:
+    return _ltx_teacher_recipe(src.renamed(diffusers_ltx_to_original(src.keys())), diffusers=True)
 
 
-def _ours_plan(src: TensorSource) -> Plan:
+def _ltx_student_recipe(src: TensorSource) -> Recipe:
+    pairs = (("mean_of_means", "std_of_means"), ("latents_mean", "latents_std"))
+    stats = next((pair for pair in pairs if all(k in src for k in pair)), None)
+    build = functools.partial(LTXStudentDecoder, LTXStudentSpec.official())
+    return Recipe("flashvaed-ltx-official", Family.LTXV, "student", build, src, owned(src, "decoder."), stats)
+
+
+# Our own students, by their `flash_vaed.arch` metadata: the spec type and the module it builds.
+_OUR_ARCHS = {"wan": (DecoderSpec, WanFamilyDecoder), "ltx": (LTXStudentSpec, LTXStudentDecoder)}
+
+
+def _ours_recipe(src: TensorSource) -> Recipe:
     meta = src.metadata
     version = meta.get(META_FORMAT)
     if version != FORMAT_VERSION:
@@ -212,54 +222,54 @@ def _ours_plan(src: TensorSource) -> Plan:
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"{src.origin}: metadata {META_FAMILY!r} missing or unknown ({err})") from err
     arch = meta.get(META_ARCH, "wan")
-    wanted = {k: k for k in src.shapes if not k.startswith("latent_norm.")}
-    stats = ("latent_norm.mean", "latent_norm.std") if "latent_norm.mean" in src.shapes else None
-    if arch not in ("wan", "ltx"):
+    if arch not in _OUR_ARCHS:
         raise CheckpointError(f"{src.origin}: unknown Flash-VAED architecture {arch!r}")
+    spec_type, module_type = _OUR_ARCHS[arch]
     try:
-        if arch == "wan":
-            spec = DecoderSpec.from_json(meta[META_SPEC])
-        else:
-            from ..arch.ltx_student import LTXStudentSpec
-
-            spec_ltx = LTXStudentSpec.from_json(meta[META_SPEC])
+        spec = spec_type.from_json(meta[META_SPEC])
     except (KeyError, ValueError, TypeError, AttributeError) as err:
         raise CheckpointError(
             f"{src.origin}: its student description (metadata {META_SPEC!r}) is missing or damaged "
             f"({str(err)[:200]}); the file is corrupt: export or download it again."
         ) from err
-    if arch == "wan":
-        return Plan(
-            f"flash-vaed:{spec.name}", family, "student", lambda: WanFamilyDecoder(spec), wanted, stats
-        )
-    if arch == "ltx":
-        from ..arch.ltx_student import LTXStudentDecoder
-
-        return Plan("flash-vaed:ltx", family, "student", lambda: LTXStudentDecoder(spec_ltx), wanted, stats)
-    raise CheckpointError(f"{src.origin}: unknown Flash-VAED architecture {arch!r}")
+    keys = tuple(k for k in src.shapes if not k.startswith("latent_norm."))
+    stats = ("latent_norm.mean", "latent_norm.std") if "latent_norm.mean" in src else None
+    layout = f"flash-vaed:{spec.name}" if arch == "wan" else "flash-vaed:ltx"
+    return Recipe(layout, family, "student", lambda: module_type(spec), src, keys, stats)
 
 
-def plan_for(src: TensorSource) -> Plan:
-    """Decide what `src` is. Raises CheckpointError naming the closest known layout otherwise."""
-    if META_FORMAT in src.metadata:
-        return _ours_plan(src)
-    src = strip_model_prefix(src)
-    keys = src.keys()
-    if "decoder.middle.0.residual.0.gamma" in keys:
-        return _wan_plan(src, "wan")
-    if "decoder.mid_block.attentions.0.to_qkv.weight" in keys and "decoder.conv_in.weight" in keys:
-        wan22 = any(".upsampler." in k for k in keys)
-        renamed = src.renamed(diffusers_wan_to_original(sorted(keys), wan22))
-        return _wan_plan(renamed, "wan-diffusers")
-    if "decoder.up_blocks.0.res_blocks.0.conv1.conv.weight" in keys:
-        return _ltx_teacher_plan(src)
-    if "decoder.mid_block.resnets.0.conv1.depthwise.weight" in keys:
-        return _ltx_student_plan(src)
-    if "decoder.conv_in.conv.weight" in keys and "decoder.up_blocks.0.resnets.0.conv1.conv.weight" in keys:
-        from .ltx_keys import diffusers_ltx_to_original
+Layouts = tuple[tuple[Callable[[TensorSource], bool], Callable[[TensorSource], Recipe]], ...]
 
-        mapping = diffusers_ltx_to_original(src.keys(), src.shapes)
-        return _ltx_teacher_plan(src.renamed(mapping), "-diffusers")
+
+def has(*keys: str) -> Callable[[TensorSource], bool]:
+    return lambda src: all(k in src for k in keys)
+
+
+def ours(src: TensorSource) -> bool:
+    return META_FORMAT in src.metadata
+
+
+# Every decoder layout, by what its source holds once a model prefix is stripped: first match wins.
+DECODER_LAYOUTS: Layouts = (
+    (ours, _ours_recipe),
+    (has("decoder.middle.0.residual.0.gamma"), _wan_recipe),
+    (has("decoder.mid_block.attentions.0.to_qkv.weight", "decoder.conv_in.weight"), _wan_diffusers_recipe),
+    (has("decoder.up_blocks.0.res_blocks.0.conv1.conv.weight"), _ltx_teacher_recipe),
+    (has("decoder.mid_block.resnets.0.conv1.depthwise.weight"), _ltx_student_recipe),
+    (
+        has("decoder.conv_in.conv.weight", "decoder.up_blocks.0.resnets.0.conv1.conv.weight"),
+        _ltx_diffusers_recipe,
+    ),
+)
+
+
+def detect(src: TensorSource, layouts: Layouts = DECODER_LAYOUTS, part: str = "decoder") -> Recipe:
+    """The recipe of the first of `layouts` that `src` (its VAE's keys, for `part` "decoder" or "encoder")
+    matches. Raises CheckpointError naming the closest known model when none does."""
+    src = strip_model_prefix(src, part)
+    for matches, recipe in layouts:
+        if matches(src):
+            return recipe(src)
     raise unknown_layout_error(src)
 
 
@@ -283,86 +293,73 @@ def unknown_layout_error(src: TensorSource) -> CheckpointError:
 # ---- building --------------------------------------------------------------------------------
 
 
-def materialize(plan: Plan, src: TensorSource) -> nn.Module:
+def materialize(recipe: Recipe) -> nn.Module:
+    src = recipe.source
     try:
         with torch.device("meta"):
-            module = plan.build()
+            module = recipe.build()
     except (ValueError, TypeError, KeyError, RuntimeError, AssertionError, ZeroDivisionError) as err:
         raise CheckpointError(
-            f"{src.origin}: looks like {plan.layout} but its description does not build a decoder "
+            f"{src.origin}: looks like {recipe.layout} but its description does not build a decoder "
             f"({str(err).splitlines()[0][:200] if str(err) else type(err).__name__}); the file is corrupt "
             "or from another version: nothing was loaded."
         ) from err
     expected = module.state_dict()
-    by_module_key = {mk: sk for sk, mk in plan.keys.items()}
-    missing = [k for k in expected if k not in by_module_key]
-    unexpected = [sk for sk, mk in plan.keys.items() if mk not in expected]
+    keys = set(recipe.keys)
+    missing = [k for k in expected if k not in keys]
+    unexpected = [k for k in recipe.keys if k not in expected]
     if missing or unexpected:
         raise CheckpointError(
-            f"{src.origin}: looks like {plan.layout} but does not match it: "
+            f"{src.origin}: looks like {recipe.layout} but does not match it: "
             f"{len(missing)} missing keys (first: {', '.join(missing[:4]) or '-'}), "
             f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:4]) or '-'}). "
             "The file is truncated, from another model version, or edited; nothing was loaded."
         )
     bad = [
-        (mk, tuple(expected[mk].shape), src.shapes[sk])
-        for mk, sk in by_module_key.items()
-        if tuple(expected[mk].shape) != tuple(src.shapes[sk])
+        (k, tuple(t.shape), src.shapes[k])
+        for k, t in expected.items()
+        if tuple(t.shape) != tuple(src.shapes[k])
     ]
     if bad:
         k, want, got = bad[0]
         raise CheckpointError(
-            f"{src.origin}: looks like {plan.layout} but {len(bad)} tensors have other shapes "
+            f"{src.origin}: looks like {recipe.layout} but {len(bad)} tensors have other shapes "
             f"(first: {k} is {got}, expected {want}); nothing was loaded."
         )
-    tensors = src.load(by_module_key.values())
     state = {}
-    for mk, sk in by_module_key.items():
-        t = tensors[sk]
+    for k, t in src.load(recipe.keys).items():
         if not t.is_floating_point():
-            raise CheckpointError(f"{src.origin}: tensor {sk} has dtype {t.dtype}, expected floating point")
-        state[mk] = t.to(torch.float32)  # also lifts fp8/fp16/bf16 files; the caller picks the run dtype
+            raise CheckpointError(f"{src.origin}: tensor {k} has dtype {t.dtype}, expected floating point")
+        state[k] = t.to(torch.float32)  # also lifts fp8/fp16/bf16 files; the caller picks the run dtype
     module.load_state_dict(state, strict=True, assign=True)
     leftovers = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if leftovers:
         raise RuntimeError(
-            f"internal: {plan.layout} module has tensors not in its state dict: {leftovers[:3]}"
+            f"internal: {recipe.layout} module has tensors not in its state dict: {leftovers[:3]}"
         )
     return module
 
 
-def read_latent_norm(plan: Plan, src: TensorSource) -> LatentNorm | None:
-    if plan.latent_norm_keys is None:
+def read_latent_norm(recipe: Recipe, device: torch.device | str = "cpu") -> LatentNorm | None:
+    if recipe.latent_norm_keys is None:
         return None
-    mean_key, std_key = plan.latent_norm_keys
-    got = src.load([mean_key, std_key])
-    return LatentNorm(got[mean_key].float().flatten(), got[std_key].float().flatten())
+    mean_key, std_key = recipe.latent_norm_keys
+    got = recipe.source.load([mean_key, std_key])
+    return LatentNorm(got[mean_key].float().flatten(), got[std_key].float().flatten()).to(device)
 
 
 def build_decoder(
     src: TensorSource, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> FlashDecoder:
-    plan = plan_for(src)
-    stripped = strip_model_prefix(src) if META_FORMAT not in src.metadata else src
-    if plan.layout.endswith("-diffusers") and plan.family is not Family.LTXV:
-        keys = stripped.keys()
-        stripped = stripped.renamed(
-            diffusers_wan_to_original(sorted(keys), any(".upsampler." in k for k in keys))
-        )
-    elif plan.layout.endswith("-diffusers"):
-        from .ltx_keys import diffusers_ltx_to_original
-
-        stripped = stripped.renamed(diffusers_ltx_to_original(stripped.keys(), stripped.shapes))
-    module = materialize(plan, stripped).eval().requires_grad_(False).to(device=device, dtype=dtype)
-    norm = read_latent_norm(plan, stripped)
-    if plan.family is Family.LTXV and norm is None:
+    recipe = detect(src)
+    module = materialize(recipe).eval().requires_grad_(False).to(device=device, dtype=dtype)
+    norm = read_latent_norm(recipe, device)
+    if recipe.family is Family.LTXV and norm is None:
         log.warning(
             "%s: no latent statistics in the file; decoding ComfyUI latents as raw latents", src.origin
         )
-    if norm is not None:
-        norm = LatentNorm(norm.mean.to(device), norm.std.to(device))
     info = {"origin": src.origin, "parameters": sum(p.numel() for p in module.parameters())}
-    return FlashDecoder(plan.family, plan.role, module, norm, plan.layout, info)
+    return FlashDecoder(recipe.family, recipe.role, module, norm, recipe.layout, info)
 
 
 def load_decoder(

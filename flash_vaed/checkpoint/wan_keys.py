@@ -1,4 +1,5 @@
-"""Wan key layouts: diffusers names -> the original (ComfyUI) names, and a decoder spec read off shapes."""
+"""Wan key layouts: diffusers names -> the original (ComfyUI) names for both halves, and a decoder spec read
+off shapes."""
 
 from __future__ import annotations
 
@@ -22,40 +23,68 @@ def _resnet(rest: str) -> str:
     return f"{_RESNET_PARTS.get(part, part)}.{tail}" if tail else _RESNET_PARTS.get(part, part)
 
 
+# diffusers' names for the 1x1 conv beside each half: post_quant_conv feeds the decoder, quant_conv ends
+# the encoder
+_QUANT = {"decoder": ("post_quant_conv.", "conv2."), "encoder": ("quant_conv.", "conv1.")}
+_ENDS = (("conv_in.", "conv1."), ("norm_out.", "head.0."), ("conv_out.", "head.2."))
+
+
+def _shared_part(key: str, part: str) -> str | None:
+    """The original name of a key both halves ("decoder" / "encoder") name alike: the quant conv, the
+    input conv, the head, the middle block. None for the others."""
+    old, new = _QUANT[part]
+    if key.startswith(old):
+        return new + key[len(old) :]
+    for old, new in _ENDS:
+        if key.startswith(f"{part}.{old}"):
+            return f"{part}.{new}{key[len(part) + 1 + len(old) :]}"
+    if m := re.match(rf"{part}\.mid_block\.resnets\.(\d)\.(.+)", key):
+        return f"{part}.middle.{2 * int(m[1])}.{_resnet(m[2])}"
+    if m := re.match(rf"{part}\.mid_block\.attentions\.0\.(.+)", key):
+        return f"{part}.middle.1.{m[1]}"
+    return None
+
+
+def _up_block(key: str, wan22: bool) -> str | None:
+    if m := re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
+        i, j = int(m[1]), int(m[2])
+        index = f"{i}.upsamples.{j}" if wan22 else f"{4 * i + j}"
+        return f"decoder.upsamples.{index}.{_resnet(m[3])}"
+    if m := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers?\.(?:0\.)?(.+)", key):
+        i = int(m[1])
+        index = f"{i}.upsamples.3" if wan22 else f"{4 * i + 3}"
+        return f"decoder.upsamples.{index}.{m[2]}"
+    return None
+
+
+def _down_block(key: str, wan22: bool, resnets: dict[int, set[int]]) -> str | None:
+    if not wan22:
+        m = re.match(r"encoder\.down_blocks\.(\d+)\.(.+)", key)
+        return f"encoder.downsamples.{m[1]}.{_resnet(m[2])}" if m else None
+    if m := re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
+        return f"encoder.downsamples.{m[1]}.downsamples.{m[2]}.{_resnet(m[3])}"
+    if m := re.match(r"encoder\.down_blocks\.(\d+)\.downsampler\.(.+)", key):
+        # the downsample follows the stage's resnets in the original numbering
+        return f"encoder.downsamples.{m[1]}.downsamples.{len(resnets.get(int(m[1]), ()))}.{m[2]}"
+    return None
+
+
+def _mapped(names: dict[str, str | None]) -> dict[str, str]:
+    return {k: v for k, v in names.items() if v is not None}
+
+
 def diffusers_wan_to_original(keys: list[str], wan22: bool) -> dict[str, str]:
     """Map each decoder key of a diffusers AutoencoderKLWan to the original name (unmapped keys dropped)."""
-    out: dict[str, str] = {}
+    return _mapped({k: _shared_part(k, "decoder") or _up_block(k, wan22) for k in keys})
+
+
+def diffusers_wan_encoder_to_original(keys: list[str], wan22: bool) -> dict[str, str]:
+    """Map each encoder key of a diffusers AutoencoderKLWan to the original name (others dropped)."""
+    resnets: dict[int, set[int]] = {}
     for k in keys:
-        new = None
-        if k.startswith("post_quant_conv."):
-            new = "conv2." + k.split(".", 1)[1]
-        elif k.startswith("decoder.conv_in."):
-            new = "decoder.conv1." + k.split(".", 2)[2]
-        elif k.startswith("decoder.norm_out."):
-            new = "decoder.head.0." + k.split(".", 2)[2]
-        elif k.startswith("decoder.conv_out."):
-            new = "decoder.head.2." + k.split(".", 2)[2]
-        elif m := re.match(r"decoder\.mid_block\.resnets\.(\d)\.(.+)", k):
-            new = f"decoder.middle.{2 * int(m[1])}.{_resnet(m[2])}"
-        elif m := re.match(r"decoder\.mid_block\.attentions\.0\.(.+)", k):
-            new = f"decoder.middle.1.{m[1]}"
-        elif m := re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", k):
-            i, j = int(m[1]), int(m[2])
-            new = (
-                f"decoder.upsamples.{i}.upsamples.{j}.{_resnet(m[3])}"
-                if wan22
-                else f"decoder.upsamples.{4 * i + j}.{_resnet(m[3])}"
-            )
-        elif m := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers?\.(?:0\.)?(.+)", k):
-            i = int(m[1])
-            new = (
-                f"decoder.upsamples.{i}.upsamples.3.{m[2]}"
-                if wan22
-                else f"decoder.upsamples.{4 * i + 3}.{m[2]}"
-            )
-        if new is not None:
-            out[k] = new
-    return out
+        if m := re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", k):
+            resnets.setdefault(int(m[1]), set()).add(int(m[2]))
+    return _mapped({k: _shared_part(k, "encoder") or _down_block(k, wan22, resnets) for k in keys})
 
 
 def _block_op(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> tuple[Op, int]:

@@ -147,32 +147,40 @@ def _resized_hw(h: int, w: int, short: int | None) -> tuple[int, int]:
     return max(short, round(h * scale)), max(short, round(w * scale))
 
 
-def scan_videos(root: str | Path, shape: ClipShape) -> list[VideoInfo]:
-    """Every usable video under `root` (recursively), sorted by relative path; unusable ones are skipped
-    with a warning naming the file and the reason."""
+def scan_videos(root: str | Path, shape: ClipShape) -> tuple[list[VideoInfo], list[str]]:
+    """(usable, skipped): every usable video under `root` (recursively), sorted by relative path, and a
+    "<name>: <why>" line for each file skipped (also logged as a warning)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist or is not a folder")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
     if not files:
         raise DataError(f"no videos in {root} (looked for {', '.join(VIDEO_SUFFIXES)})")
-    videos = []
+    videos, skipped = [], []
     for path in files:
         name = path.relative_to(root).as_posix()
         try:
             frames, h, w = probe_video(path)
         except Exception as err:  # any decoder error means the same thing here: skip the file
-            log.warning("skipping %s: unreadable (%s: %s)", name, type(err).__name__, err)
-            continue
-        h, w = _resized_hw(h, w, shape.resize_short)
-        if frames < shape.frames:
-            log.warning("skipping %s: %d frames, a clip needs %d", name, frames, shape.frames)
-            continue
-        if min(h, w) < shape.size:
-            log.warning("skipping %s: %dx%d is smaller than a %d px crop", name, w, h, shape.size)
-            continue
-        videos.append(VideoInfo(path, name, frames, h, w))
-    return videos
+            why = f"unreadable ({type(err).__name__}: {err})"
+        else:
+            h, w = _resized_hw(h, w, shape.resize_short)
+            if frames < shape.frames:
+                why = f"{frames} frames, a clip needs {shape.frames}"
+            elif min(h, w) < shape.size:
+                why = f"{w}x{h} is smaller than a {shape.size} px crop"
+            else:
+                videos.append(VideoInfo(path, name, frames, h, w))
+                continue
+        log.warning("skipping %s: %s", name, why)
+        skipped.append(f"{name}: {why}")
+    return videos, skipped
+
+
+def list_skipped(skipped: Sequence[str], shown: int = 5) -> str:
+    """The first `shown` of scan_videos' skipped lines, joined, and how many more there are."""
+    more = len(skipped) - shown
+    return "; ".join(skipped[:shown]) + (f"; and {more} more" if more > 0 else "")
 
 
 def split_holdout(

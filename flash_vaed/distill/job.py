@@ -14,7 +14,6 @@ passes callables.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -25,21 +24,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
-from ..checkpoint.io import from_state_dict, safe_child
-from ..checkpoint.load import plan_for
+from ..checkpoint.io import safe_child
 from ..decoder import FlashDecoder
 from ..errors import FlashVAEDError
-from ..presets import PRESETS
 from . import data, schedule
-from .loop import RESUMABLE_CHANGES, DistillConfig, DistillError, resolve_spec, run
+from .config import DistillConfig, describe_mismatch
+from .loop import NoTrainingVideos, run
+from .resume import RunInTheWay, SettingsChanged, saved_run
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".safetensors"
 RUNS = "runs"  # <models_dir>/runs/<output name>/: the loop's checkpoints, config, report
-STATE = "last.state.safetensors"
 IMAGES = "images"  # <run folder>/images/clip.webp: a frame batch, as the loop reads clips from a folder
 APP_FOLDERS = {"clipspace", "3d"}  # made by ComfyUI in its input folder
 MAX_PLOT_POINTS = 500  # loss messages per run (each one redraws the plot in the browser)
@@ -62,7 +59,8 @@ class JobError(FlashVAEDError, ValueError):
 @dataclass(frozen=True)
 class DistillJob:
     """What the node asks for. data: a folder of clips (searched recursively); frames: (T, H, W, 3) in
-    [0, 1], one clip, used instead of data when given. device: a torch device string."""
+    [0, 1], one clip, used instead of data when given. device: a torch device string. Raises JobError when
+    there is no data, or frames that make no clip."""
 
     models_dir: str | os.PathLike
     output_name: str
@@ -75,6 +73,14 @@ class DistillJob:
     clip_frames: int = 17
     resume: bool = False
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.frames is not None:
+            _check_frames(self.frames, self.clip_frames, self.crop_px)
+        elif self.data is None:
+            raise JobError(
+                "no training data: pick a folder of clips in videos, or connect a batch of frames to images"
+            )
 
 
 @dataclass
@@ -160,26 +166,6 @@ def teacher_label(weights: Mapping[str, torch.Tensor]) -> str:
     return f"vae-sha256:{digest.hexdigest()[:16]}"
 
 
-def check_preset(preset: str, weights: Mapping[str, torch.Tensor]) -> None:
-    """Refuse a preset that has no student for the teacher's family, naming the ones that have (the
-    family comes from the key layout alone; nothing is built)."""
-    family = plan_for(from_state_dict(weights)).family
-    try:
-        resolve_spec(preset, family)
-    except DistillError as err:
-        fitting = []
-        for name in ("auto", *PRESETS):
-            try:
-                resolve_spec(name, family)
-            except DistillError:
-                continue
-            fitting.append(name)
-        raise JobError(
-            f"preset {preset!r} has no student for this {family.value} teacher ({err}); pick one of "
-            f"{', '.join(fitting)}"
-        ) from None
-
-
 # ---- data -----------------------------------------------------------------------------------------------
 
 
@@ -209,19 +195,6 @@ def _check_frames(frames: torch.Tensor, clip_frames: int, crop_px: int) -> None:
         )
 
 
-class _SkippedFiles(logging.Handler):
-    """Collects the data scan's 'skipping <file>: <why>' warnings, for an error that names them."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if text.startswith("skipping "):
-            self.lines.append(text.removeprefix("skipping "))
-
-
 # ---- the run --------------------------------------------------------------------------------------------
 
 
@@ -242,42 +215,9 @@ def job_config(job: DistillJob, data_dir: Path, run_dir: Path, teacher: str) -> 
     )
 
 
-def saved_state(run_dir: Path) -> tuple[int, DistillConfig] | None:
-    """(step, config) of the checkpoint in `run_dir`, or None when there is none (reads its header only)."""
-    path = run_dir / STATE
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        return int(meta["step"]), DistillConfig.from_json(meta["config"])
-    except Exception as err:
-        raise JobError(
-            f"{path}: unreadable training checkpoint ({err}); move the folder away or pick another output_name"
-        ) from err
-
-
-def check_resume(cfg: DistillConfig, saved: DistillConfig, run_dir: Path) -> None:
-    """Refuse a resume whose settings differ from the checkpoint's in more than steps, naming node inputs."""
-    differ = [
-        f.name
-        for f in dataclasses.fields(DistillConfig)
-        if f.name not in RESUMABLE_CHANGES and getattr(saved, f.name) != getattr(cfg, f.name)
-    ]
-    if differ:
-        detail = ", ".join(
-            f"{INPUT_NAMES.get(k, k)}: {getattr(saved, k)!r} -> {getattr(cfg, k)!r}" for k in differ
-        )
-        raise JobError(
-            f"the run in {run_dir} was started with other settings ({detail}). A resume continues it with the "
-            "same teacher, data, preset, seed, crop_px and clip_frames (only steps may change); set them back, "
-            "or pick another output_name for a new run"
-        )
-
-
 def plotted_losses(record: Mapping, cfg: DistillConfig) -> dict[str, float]:
     """The weighted total and every term weighted at the record's step: what the loss plot draws."""
-    weights = schedule.loss_weights(record["step"] - 1, cfg.steps, cfg.phase_schedule)
+    weights = schedule.loss_weights(record["step"] - 1, cfg.steps, cfg.schedule)
     return {"loss": record["loss"]} | {t: record[t] for t in schedule.TERMS if weights[t] > 0 and t in record}
 
 
@@ -294,29 +234,25 @@ def run_job(
     step (at most MAX_PLOT_POINTS per run). Runs with autograd on even when called in inference mode.
     """
     student_path, run_dir = job_paths(job.models_dir, job.output_name)
-    saved = saved_state(run_dir)
-    if not job.resume and saved is not None:
-        raise JobError(
-            f"{run_dir} already holds a run of {student_path.name} (step {saved[0]} of {saved[1].steps}): turn "
-            "on resume to continue it (steps may be raised), or pick another output_name"
-        )
-    if not job.resume and student_path.exists():
-        raise JobError(f"{student_path} already exists: pick another output_name, or delete the file first")
-    if job.frames is not None:
-        _check_frames(job.frames, job.clip_frames, job.crop_px)
-        data_dir = run_dir / IMAGES
-    elif job.data is not None:
-        data_dir = Path(job.data)
-    else:
-        raise JobError(
-            "no training data: pick a folder of clips in videos, or connect a batch of frames to images"
-        )
-
-    check_preset(job.preset, vae_state_dict)
+    data_dir = run_dir / IMAGES if job.frames is not None else Path(job.data)
     weights = teacher_weights(vae_state_dict)
     cfg = job_config(job, data_dir, run_dir, teacher_label(weights))
-    if saved is not None:
-        check_resume(cfg, saved[1], run_dir)
+    try:
+        saved = saved_run(cfg)  # checked here too: a frame batch must not overwrite another run's clip
+    except RunInTheWay as err:
+        raise JobError(
+            f"{run_dir} already holds a run of {student_path.name} (step {err.step} of {err.steps}): turn on "
+            "resume to continue it (steps may be raised), or pick another output_name"
+        ) from None
+    except SettingsChanged as err:
+        raise JobError(
+            f"the run in {run_dir} was started with other settings "
+            f"({describe_mismatch(err.saved, err.cfg, INPUT_NAMES)}). A resume continues it with the same "
+            "teacher, data, preset, seed, crop_px and clip_frames (only steps may change); set them back, or "
+            "pick another output_name for a new run"
+        ) from None
+    if not job.resume and student_path.exists():
+        raise JobError(f"{student_path} already exists: pick another output_name, or delete the file first")
     if job.frames is not None:
         write_clip(job.frames, data_dir / "clip.webp")
 
@@ -325,27 +261,18 @@ def run_job(
         if on_losses is not None and (step % cfg.log_every == 0 or step == cfg.steps):
             on_losses(step, cfg.steps, record["phase"], plotted_losses(record, cfg), record["lr"])
 
-    skipped = _SkippedFiles()
-    data.log.addHandler(skipped)
     try:
         with torch.inference_mode(False), torch.enable_grad():
             result = run(cfg, on_progress, on_record, teacher_weights=weights)
-    except DistillError as err:
-        # the loop's "no usable training videos" points at warnings in the log; a node user sees only this
-        if not skipped.lines or "no usable training videos" not in str(err):
-            raise
-        more = len(skipped.lines) - 5
-        shown = "; ".join(skipped.lines[:5]) + (f"; and {more} more" if more > 0 else "")
+    except NoTrainingVideos as err:
         raise JobError(
             f"no usable training clips in {data_dir} (a clip takes {job.clip_frames} frames and a "
-            f"{job.crop_px} px crop): {shown}"
+            f"{job.crop_px} px crop): {data.list_skipped(err.skipped)}"
         ) from err
-    finally:
-        data.log.removeHandler(skipped)
     tmp = student_path.with_name(f".{student_path.name}.tmp")
     shutil.copyfile(result.student_path, tmp)
     os.replace(tmp, student_path)
     log.info("Prune & Distill: saved %s (run folder %s)", student_path, run_dir)
     return JobResult(
-        student_path, run_dir, result.student, result.history, result.report, saved[0] if saved else 0
+        student_path, run_dir, result.student, result.history, result.report, saved.step if saved else 0
     )

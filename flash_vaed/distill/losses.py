@@ -24,7 +24,6 @@ Feature alignment, and why it looks like this:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -127,7 +126,8 @@ def feature_loss(student: torch.Tensor, teacher: torch.Tensor, adapter: nn.Modul
     return (s - t).pow(2).mean() / (t.var() + 1e-6)
 
 
-def _key(r: Resolution) -> str:
+def resolution_key(r: Resolution) -> str:
+    """(T, H, W) -> "TxHxW": the adapters' module names, and how the log names a resolution."""
     return "x".join(str(v) for v in r)
 
 
@@ -136,10 +136,12 @@ class FeatureAdapters(nn.Module):
 
     def __init__(self, widths: Mapping[Resolution, tuple[int, int]]):
         super().__init__()
-        self.maps = nn.ModuleDict({_key(r): nn.Conv3d(cs, ct, 1) for r, (cs, ct) in sorted(widths.items())})
+        self.maps = nn.ModuleDict(
+            {resolution_key(r): nn.Conv3d(cs, ct, 1) for r, (cs, ct) in sorted(widths.items())}
+        )
 
     def __getitem__(self, r: Resolution) -> nn.Module:
-        return self.maps[_key(r)]
+        return self.maps[resolution_key(r)]
 
     @torch.no_grad()
     def fit(
@@ -151,9 +153,9 @@ class FeatureAdapters(nn.Module):
         stages of a calibration batch have few pixels, and an unshrunk fit of 384 channels on 192 rows
         would overfit that batch and make the first training losses worse than no adapter at all."""
         for r in student:
-            if _key(r) not in self.maps:
+            if resolution_key(r) not in self.maps:
                 continue
-            conv = self.maps[_key(r)]
+            conv = self.maps[resolution_key(r)]
             x = student[r].detach().double().transpose(0, 1).flatten(1).T  # (N, Cs)
             y = teacher[r].detach().double().transpose(0, 1).flatten(1).T  # (N, Ct)
             stride = max(1, x.shape[0] // 65536)
@@ -268,12 +270,3 @@ class StageRecorder:
         for h in self._handles:
             h.remove()
         self._handles = []
-
-
-def teacher_widths(features: Mapping[Resolution, torch.Tensor]) -> dict[Resolution, int]:
-    return {r: int(f.shape[1]) for r, f in features.items()}
-
-
-def check_finite(terms: Mapping[str, torch.Tensor]) -> list[str]:
-    """Names of the terms that are NaN or infinite."""
-    return [k for k, v in terms.items() if not math.isfinite(float(v))]

@@ -19,40 +19,13 @@ the phase switches change what is learned, not how fast, so the LR does not rest
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+from .config import PhaseSchedule
 
 PHASE_NAMES = {1: "deep", 2: "middle", 3: "shallow+pixels"}
 
 # the names of the weighted loss terms, in the order they are logged
 TERMS = ("feat_deep", "feat_middle", "feat_shallow", "l1", "l2", "ssim", "gt_l1")
-
-
-@dataclass(frozen=True)
-class PhaseSchedule:
-    """How the loss weights move over training.
-
-    fractions: share of the steps of phases 1, 2, 3 (normalised to sum to 1).
-    blend:     share of a phase over which incoming terms rise and outgoing terms fall.
-    keep:      the floor an outgoing feature term falls to (times its full weight).
-    w_feat:    full weight of each feature-alignment term.
-    w_l1, w_l2, w_ssim: full weights of the pixel terms against the teacher's output (phase 3).
-    w_gt:      weight of L1 against the real frames (phase 3 only; 0 distils from the teacher alone).
-    """
-
-    fractions: tuple[float, float, float] = (0.25, 0.25, 0.5)
-    blend: float = 0.2
-    keep: float = 0.1
-    w_feat: float = 1.0
-    w_l1: float = 1.0
-    w_l2: float = 1.0
-    w_ssim: float = 0.2
-    w_gt: float = 0.0
-
-    def __post_init__(self) -> None:
-        if len(self.fractions) != 3 or min(self.fractions) < 0 or sum(self.fractions) <= 0:
-            raise ValueError(f"phase fractions must be three non-negative numbers, got {self.fractions}")
-        if not 0 <= self.blend <= 1 or not 0 <= self.keep <= 1:
-            raise ValueError(f"blend and keep must lie in [0, 1], got {self.blend}, {self.keep}")
 
 
 def phase_spans(total: int, fractions: tuple[float, float, float]) -> list[tuple[int, int, int]]:

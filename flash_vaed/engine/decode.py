@@ -1,9 +1,10 @@
 """One decode of one latent clip: whole, streamed in time, tiled in space, or both.
 
-The engine drives a `RegionDecoder`, which turns a latent crop into frames. Causal decoders (the Wan
-family) stream: chunks of latent frames go through in order with one `DecodeState` per tile.
-Non-causal decoders (LTX-Video) get overlapping temporal windows with enough latent context (`halo`)
-on both sides that the frames kept are exactly the whole-clip frames.
+The engine drives a `RegionDecoder`, which turns a latent crop into frames with a decoder module (see
+`arch/protocol.py`: its strides, causality and temporal context are all the engine reads). Causal decoders
+(the Wan family) stream: chunks of latent frames go through in order with one `DecodeState` per tile.
+Non-causal decoders (LTX-Video) get overlapping temporal windows with enough latent context on both
+sides that the frames kept are exactly the whole-clip frames.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from .state import DecodeState
 from .tiles import Tile, TileBlender, feather_mask, plan_tiles
+
+if TYPE_CHECKING:
+    from ..arch.protocol import DecoderModule
 
 ProgressFn = Callable[[int, int], None]
 
@@ -26,13 +30,7 @@ DEFAULT_OVERLAP_PX = 64
 
 
 class RegionDecoder(Protocol):
-    causal: bool
-    time_stride: int
-    space_stride: int
-    temporal_halo: int  # non-causal only: latent frames of context needed on each side
-    temporal_context: tuple[int, int]  # non-causal only: (before, after), latent frames
-
-    def new_stream(self) -> DecodeState | None: ...
+    module: DecoderModule
 
     def __call__(self, z: torch.Tensor, stream: DecodeState | None, tile: Tile) -> torch.Tensor:
         """z (B, C, t, h, w) latent crop -> frames (B, 3, t', h*s, w*s)."""
@@ -92,7 +90,7 @@ def run_decode(
 ) -> torch.Tensor:
     """Decode z (B, C, T, H, W) in the decoder's latent space -> float32 (B, 3, T_out, H*s, W*s)."""
     b, _, t, h, w = z.shape
-    s, ts = region.space_stride, region.time_stride
+    causal, s, ts = region.module.causal, region.module.space_stride, region.module.time_stride
     tiles, ramp_px = tiles_for(plan, (h, w), s)
     chunks = chunk_bounds(t, plan.chunk_frames)
     total, done = len(tiles) * len(chunks), 0
@@ -102,9 +100,9 @@ def run_decode(
         ys, xs = tile.pixels(s)
         mask = feather_mask(tile, (h, w), s, ramp_px)
         z_tile = z[:, :, :, tile.y0 : tile.y1, tile.x0 : tile.x1]
-        stream = region.new_stream() if region.causal else None
+        stream = DecodeState(region.module) if causal else None
         for a, c in chunks:
-            if region.causal:
+            if causal:
                 frames = region(z_tile[:, :, a:c], stream, tile)
             else:
                 frames = _decode_window(region, z_tile, a, c, tile)
@@ -125,12 +123,12 @@ def run_decode(
 
 def _decode_window(region: RegionDecoder, z: torch.Tensor, a: int, c: int, tile: Tile) -> torch.Tensor:
     """Frames of latent frames [a, c) from a non-causal decoder, via a window padded by the halo."""
-    t = z.shape[2]
-    before, after = getattr(region, "temporal_context", (region.temporal_halo, region.temporal_halo))
+    t, stride = z.shape[2], region.module.time_stride
+    before, after = region.module.temporal_context
     # at least one frame of left context: a window's first latent frame yields only its last video frame
     w0, w1 = max(0, a - max(1, before)), min(t, c + after)
     frames = region(z[:, :, w0:w1], None, tile)
     # a window decodes like a clip of its own: its first latent frame yields one frame, at global w0*stride
-    base = 0 if w0 == 0 else region.time_stride * w0
-    f0, f1 = frames_of_latents(a, c, region.time_stride)
+    base = 0 if w0 == 0 else stride * w0
+    f0, f1 = frames_of_latents(a, c, stride)
     return frames[:, :, f0 - base : f1 - base]

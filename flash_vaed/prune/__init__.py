@@ -34,7 +34,7 @@ from .fold import (
 )
 from .ltx import build_ltx_student
 from .report import LayerReport, PruneReport, psnr_db
-from .select import filter_l1, select_by_magnitude, select_channels, select_random
+from .select import filter_l1, select_by_magnitude, select_channels, select_random, split_calibration
 from .surgery import DepthwiseInit, init_depthwise, init_frame2d, replace_conv
 from .wan import PruneConfig, prune_
 from .wan import build_student_from_teacher as build_wan_student
@@ -66,6 +66,7 @@ __all__ = [
     "select_by_magnitude",
     "select_channels",
     "select_random",
+    "split_calibration",
 ]
 
 

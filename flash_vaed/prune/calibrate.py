@@ -1,7 +1,7 @@
 """Run a teacher on calibration latents and keep a bounded sample of what its layers see.
 
-Two kinds of sample, both taken with forward hooks while the teacher decodes whole clips (a fresh
-`DecodeState` per clip, so causal layers see zeros before the first frame, as in a real decode):
+Two kinds of sample, both taken with forward hooks while the teacher decodes whole clips (`decode_raw`:
+causal layers see zeros before the first frame, as in a real decode; LTX teachers decode noise-free):
 
 - `collect_inputs`: pixel rows of a module's input, (rows, C). What channel selection, the folds and
   the norm refits need.
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.state import DecodeState
+from ..arch.protocol import DecoderModule, decode_raw
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,10 @@ def sample_rows(x: torch.Tensor, rows: int, generator: torch.Generator) -> torch
 
 
 @torch.no_grad()
-def run_decoder(module: nn.Module, latents: torch.Tensor, batch: int = 1) -> torch.Tensor:
-    """Decode each clip whole with a fresh DecodeState. latents (N, C, T, H, W) raw -> video, float32."""
+def decode_clips(module: DecoderModule, latents: torch.Tensor, batch: int = 1) -> torch.Tensor:
+    """`decode_raw`, `batch` clips at a time: raw latents (N, C, T, H, W) -> video, float32."""
     p = next(module.parameters())
-    clips = _batches(latents, batch)
-    return torch.cat([module(z.to(p.device, p.dtype), DecodeState(module)).float() for z in clips])
+    return torch.cat([decode_raw(module, z.to(p.device, p.dtype)).float() for z in _batches(latents, batch)])
 
 
 @torch.no_grad()
@@ -82,7 +81,7 @@ def collect_inputs(
 
         handles.append(module.get_submodule(name).register_forward_pre_hook(hook))
     try:
-        run_decoder(module, latents, batch)
+        decode_clips(module, latents, batch)
     finally:
         for h in handles:
             h.remove()
@@ -178,7 +177,7 @@ def collect_patches(
 
         handles.append(conv.register_forward_hook(hook))
     try:
-        run_decoder(module, latents, batch)
+        decode_clips(module, latents, batch)
     finally:
         for h in handles:
             h.remove()

@@ -33,7 +33,7 @@ What is pruned where (docs/pruning.md, "LTX-Video", has the reasoning and measur
   depthwise convs pad time causally while the teacher's are centred, so the weight-space prior moves the
   teacher's future tap onto the current frame (exact on static video).
 
-Calibration runs the teacher as training does (`distill.loop.run_decoder`): ComfyUI's decode timestep and
+Calibration runs the teacher as training does (`arch.protocol.decode_raw`): ComfyUI's decode timestep and
 zero injected noise, so the target is the teacher's noise-free output. Spatial padding: the student pads
 with zeros; a reflect-padded teacher differs at the borders, which the fits ignore.
 """
@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..arch.ltx import DECODE_TIMESTEP, DepthToSpaceUp, LTXTeacherDecoder, ResStack, TeacherResBlock, pad_time
+from ..arch.ltx import DepthToSpaceUp, LTXTeacherDecoder, ResStack, TeacherResBlock, pad_time
 from ..arch.ltx_student import (
     FrameConv2d,
     LTXStudentDecoder,
@@ -63,6 +63,7 @@ from ..arch.ltx_student import (
 )
 from ..decoder import FlashDecoder
 from ..spec import Family, Op
+from .calibrate import decode_clips
 from .fold import (
     Fold,
     InputMap,
@@ -73,38 +74,13 @@ from .fold import (
     ridge_lstsq,
 )
 from .report import LayerReport, PruneReport, build_report, psnr_db
-from .select import filter_l1, select_by_magnitude, select_channels, select_random
+from .select import filter_l1, select_by_magnitude, select_channels, select_random, split_calibration
 from .surgery import fill_conv, init_depthwise, init_frame2d
 from .wan import PruneConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_ltx_student", "pair_layouts", "run_ltx_decoder", "upsample_weight"]
-
-
-# ---- running the decoders -------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def run_ltx_decoder(module: nn.Module, z_raw: torch.Tensor, batch: int = 1) -> torch.Tensor:
-    """An LTX teacher or student on raw latents (N, 128, T, H, W) -> video (N, 3, 8T-7, 32H, 32W), float32.
-
-    Timestep-conditioned teachers run at ComfyUI's decode timestep and 0.9.1 with zero injected noise, as
-    `distill.loop.run_decoder` does: the noise-free decode is what the student learns."""
-    p = next(module.parameters())
-    videos = []
-    for z in z_raw.split(max(1, batch)):
-        z = z.to(p.device, p.dtype)
-        kwargs = {}
-        if getattr(module, "timestep_conditioned", False):
-            kwargs["timestep"] = DECODE_TIMESTEP
-        if getattr(module, "injects_noise", False):
-            noise = module.draw_spatial_noise(
-                tuple(z.shape[-2:]), torch.Generator(z.device), z.device, z.dtype
-            )
-            kwargs["spatial_noise"] = [torch.zeros_like(n) for n in noise]
-        videos.append(module(z, **kwargs).float())
-    return torch.cat(videos)
+__all__ = ["build_ltx_student", "pair_layouts", "upsample_weight"]
 
 
 # ---- pairing the two layouts ----------------------------------------------------------------------
@@ -492,7 +468,7 @@ class _LTXPruner:
             got.setdefault(name, []).append((view, source, inputs, tap.view is tap.source))
 
         with _taps(self.teacher, self.pairs, record):
-            run_ltx_decoder(self.teacher, latents, self.cfg.batch)
+            decode_clips(self.teacher, latents, self.cfg.batch)
         n = self.cfg.rows
         return {
             name: Rows(
@@ -519,7 +495,7 @@ class _LTXPruner:
             got.setdefault(name, []).append((patches, _rows(tap.out, index, req.kept_out)))
 
         with _taps(self.teacher, self.pairs, record):
-            run_ltx_decoder(self.teacher, latents, self.cfg.batch)
+            decode_clips(self.teacher, latents, self.cfg.batch)
         rows = self.cfg.patch_rows
         return {
             n: (torch.cat([p for p, _ in parts])[:rows], torch.cat([t for _, t in parts])[:rows])
@@ -682,7 +658,7 @@ class _LTXPruner:
 
     def run(self, calib: torch.Tensor) -> PruneReport:
         cfg = self.cfg
-        fit, held = _split(calib, cfg.holdout)
+        fit, held = split_calibration(calib, cfg.holdout)
         log.info("calibrating the LTX teacher on %d clips (%d sites)", fit.shape[0], len(self.sites))
         for name in self.dropped:
             log.warning("teacher resnet %s has no student counterpart in %s: dropped", name, self.spec.name)
@@ -701,7 +677,7 @@ class _LTXPruner:
         psnr = None
         if held is not None:
             psnr = psnr_db(
-                run_ltx_decoder(self.student, held, cfg.batch), run_ltx_decoder(self.teacher, held, cfg.batch)
+                decode_clips(self.student, held, cfg.batch), decode_clips(self.teacher, held, cfg.batch)
             )
         return build_report(
             type(self.teacher).__name__,
@@ -722,18 +698,6 @@ def _causal_prior(weight: torch.Tensor) -> torch.Tensor:
     causal[:, :, 1] = weight[:, :, 0]
     causal[:, :, 2] = weight[:, :, 1] + weight[:, :, 2]
     return causal
-
-
-def _split(calib: torch.Tensor, holdout: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if calib.ndim != 5:
-        raise ValueError(f"calibration latents must be (N, C, T, H, W), got shape {tuple(calib.shape)}")
-    n = calib.shape[0]
-    if holdout == 0:
-        return calib, None
-    if n <= holdout:
-        log.warning("only %d calibration clips: the PSNR is measured on the clips used for fitting", n)
-        return calib, calib
-    return calib[: n - holdout], calib[n - holdout :]
 
 
 @torch.no_grad()

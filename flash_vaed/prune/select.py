@@ -3,12 +3,17 @@
 `select_channels` is the independence-aware choice (Flash-VAED's criterion): keep the channels that
 span the layer's activations best, so the dropped ones are (nearly) linear combinations of the kept
 ones and `fold.fold_reconstruction` can hand their contribution to the next conv. The other two are the
-baselines it is measured against in docs/pruning.md.
+baselines it is measured against in docs/pruning.md. `split_calibration` picks the clips the selection
+is fitted on and the ones its result is measured on.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def _check_k(k: int, channels: int) -> None:
@@ -68,3 +73,18 @@ def select_random(channels: int, k: int, generator: torch.Generator | None = Non
 def filter_l1(weight: torch.Tensor) -> torch.Tensor:
     """L1 norm of each output filter of a conv weight (C_out, C_in, ...) -> (C_out,)."""
     return weight.detach().abs().flatten(1).sum(dim=1)
+
+
+def split_calibration(calib: torch.Tensor, holdout: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(fit, held): calibration latents (N, C, T, H, W) split into the clips the pruning is fitted on and
+    the last `holdout` clips, on which its PSNR is measured (None when holdout is 0; the fitted clips
+    themselves, with a warning, when there are no more than `holdout`)."""
+    if calib.ndim != 5:
+        raise ValueError(f"calibration latents must be (N, C, T, H, W), got shape {tuple(calib.shape)}")
+    n = calib.shape[0]
+    if holdout == 0:
+        return calib, None
+    if n <= holdout:
+        log.warning("only %d calibration clips: the PSNR is measured on the clips used for fitting", n)
+        return calib, calib
+    return calib[: n - holdout], calib[n - holdout :]

@@ -22,8 +22,15 @@ What is pruned where (docs/pruning.md has the reasoning and measurements):
 - Operators: a stage whose op changes gets its convs from `surgery.init_depthwise` / `init_frame2d`,
   fitted on patches of the teacher's own inputs and outputs; shortcuts change exactly (1x1 kernels).
 
-The teacher must be all FULL_3D with a causal head (the Wan 2.1 VAE, or any `WanFamilyDecoder` built
-so); the student must have the same family, stage count, blocks per stage, time upsamples and head patch.
+- Wan 2.2 stage shortcuts (stage input spread into the upsampled positions, no weights): a student stage
+  with a "dup" shortcut keeps the teacher's spread, which copies each channel to every new position, so
+  the stage's input and output share one site; a "proj" shortcut is a 1x1x1 conv to every position, filled
+  with the teacher's spread folded over the input site, the rows of the kept output channels.
+
+The teacher must be all FULL_3D with a causal head: the Wan 2.1 VAE, any `WanFamilyDecoder` built so, or
+the Wan 2.2 VAE (`Wan22Decoder`, pruned through `wan22_teacher_view`, which shares its modules); the student
+must have the same family, stage count, blocks per stage, time upsamples and head patch, and a shortcut on
+every stage where the teacher has one.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from torch import nn
 from ..arch.layers import (
     CausalConv3d,
     CausalSeparableConv3d,
+    DupUpShortcut,
     FrameAttention,
     PointwiseConv3d,
     ResidualBlock2D,
@@ -49,10 +57,12 @@ from ..arch.layers import (
     SeparableConv3d,
     Upsample,
 )
+from ..arch.stage_shortcut import ProjectedUpShortcut
 from ..arch.wan import WanFamilyDecoder
+from ..arch.wan22 import Wan22Decoder
 from ..decoder import FlashDecoder
-from ..spec import DecoderSpec, Op
-from .calibrate import PatchRequest, collect_inputs, collect_patches, run_decoder
+from ..spec import DecoderSpec, Family, Op, StageSpec
+from .calibrate import PatchRequest, collect_inputs, collect_patches, decode_clips
 from .fold import (
     Fold,
     fit_input_map,
@@ -62,7 +72,7 @@ from .fold import (
     refit_norm_gamma,
 )
 from .report import LayerReport, PruneReport, build_report, psnr_db
-from .select import filter_l1, select_by_magnitude, select_channels, select_random
+from .select import filter_l1, select_by_magnitude, select_channels, select_random, split_calibration
 from .surgery import fill_conv, init_depthwise, init_frame2d, replace_conv
 
 log = logging.getLogger(__name__)
@@ -127,6 +137,58 @@ def _width(norm: RMSNorm) -> int:
     return norm.gamma.numel()
 
 
+def wan22_teacher_spec(teacher: Wan22Decoder) -> DecoderSpec:
+    """The `DecoderSpec` a Wan 2.2 VAE decoder is, read off its modules: all FULL_3D, "dup" stage shortcuts."""
+    body = teacher.decoder
+    stages = []
+    for stage in body.upsamples:
+        blocks = [m for m in stage.upsamples if isinstance(m, ResidualBlock3D)]
+        ups = [m for m in stage.upsamples if isinstance(m, Upsample)]
+        width = blocks[-1].residual[6].out_channels
+        up = ups[0] if ups else None
+        stages.append(
+            StageSpec(
+                width,
+                Op.FULL_3D,
+                len(blocks),
+                up_out=None if up is None else up.resample[1].out_channels,
+                up_time=up is not None and up.time_conv is not None,
+                shortcut=None if stage.avg_shortcut is None else "dup",
+            )
+        )
+    dim = body.head[0].gamma.numel()
+    return DecoderSpec(
+        Family.WAN22,
+        body.conv1.out_channels,
+        Op.FULL_3D,
+        tuple(stages),
+        out_patch=2,
+        name=f"wan22-teacher-dim{dim}",
+    )
+
+
+def wan22_teacher_view(teacher: Wan22Decoder) -> WanFamilyDecoder:
+    """The Wan 2.2 decoder as a `WanFamilyDecoder` of `wan22_teacher_spec`, made of the SAME module objects
+    (nothing is copied; it decodes exactly as `teacher`): stage i's blocks and upsample become consecutive
+    entries of `decoder.upsamples`, its shortcut `decoder.shortcuts[i]`."""
+    spec = wan22_teacher_spec(teacher)
+    with torch.device("meta"):
+        view = WanFamilyDecoder(spec)
+    body, flat = teacher.decoder, []
+    view.conv2 = teacher.conv2
+    view.decoder.conv1, view.decoder.middle, view.decoder.head = body.conv1, body.middle, body.head
+    for i, stage in enumerate(body.upsamples):
+        flat += list(stage.upsamples)
+        if stage.avg_shortcut is not None:
+            view.decoder.shortcuts[str(i)] = stage.avg_shortcut
+    view.decoder.upsamples = nn.ModuleList(flat)
+    return view.train(teacher.training)
+
+
+def _as_wan_family(teacher: nn.Module) -> nn.Module:
+    return wan22_teacher_view(teacher) if isinstance(teacher, Wan22Decoder) else teacher
+
+
 def _check_pair(teacher: nn.Module, spec: DecoderSpec) -> DecoderSpec:
     if not isinstance(teacher, WanFamilyDecoder):
         raise TypeError(
@@ -152,6 +214,24 @@ def _check_pair(teacher: nn.Module, spec: DecoderSpec) -> DecoderSpec:
     pairs += [(s.up_out or 0, ts.up_out or 0) for s, ts in stages]
     if any(a > b for a, b in pairs):
         problems.append(f"a student width exceeds the teacher's (student, teacher): {pairs}")
+    stage_in = [spec.middle_width] + [s.up_out or 0 for s in spec.stages]
+    teacher_in = [t.middle_width] + [s.up_out or 0 for s in t.stages]
+    for i, (s, ts) in enumerate(stages):
+        if ts.shortcut is not None and s.shortcut is None:
+            problems.append(
+                f"stage {i}: the teacher's stage shortcut needs one in the student ('dup' or 'proj')"
+            )
+        if ts.shortcut not in (None, "dup") or (s.shortcut is not None and ts.shortcut is None):
+            problems.append(
+                f"stage {i}: shortcut {s.shortcut!r} cannot come from the teacher's {ts.shortcut!r}"
+            )
+        copies = stage_in[i] == s.up_out and teacher_in[i] == ts.up_out
+        whole = stage_in[i] == teacher_in[i] and s.up_out == ts.up_out
+        if s.shortcut == "dup" and not (copies or whole):
+            problems.append(
+                f"stage {i}: a 'dup' shortcut needs as many channels in as out (student {stage_in[i]}->"
+                f"{s.up_out}, teacher {teacher_in[i]}->{ts.up_out}) or the teacher's widths; use 'proj'"
+            )
     if problems:
         raise ValueError(f"cannot prune {t.name} into {spec.name}: " + "; ".join(problems))
     return t
@@ -189,7 +269,12 @@ class _WanPruner:
         self.units: list[tuple[str, tuple[_Site, ...]]] = [("decoder.conv1", (cur,))]
         names = [f"decoder.middle.{i}" for i in range(len(t.middle))]
         names += [f"decoder.upsamples.{i}" for i in range(len(t.upsamples))]
+        starts = {f"decoder.upsamples.{first}": key for first, _, key in s._shortcut_spans}
+        ends = {f"decoder.upsamples.{last}": key for _, last, key in s._shortcut_spans}
+        stage_input: dict[str, _Site] = {}
         for name in names:
+            if name in starts:
+                stage_input[starts[name]] = cur
             tm, sm = self.teacher.get_submodule(name), self.student.get_submodule(name)
             if isinstance(tm, ResidualBlock3D):
                 s_identity = isinstance(sm.shortcut, nn.Identity)
@@ -223,12 +308,26 @@ class _WanPruner:
                 self.units.append((name, (cur, v)))
             elif isinstance(tm, Upsample):
                 conv = tm.resample[1]
-                out = self._site(f"{name}.out", conv.out_channels, sm.resample[1].out_channels)
+                key = ends.get(name)
+                dup = key is not None and isinstance(s.shortcuts[key], DupUpShortcut)
+                spread = s.shortcuts[key] if dup else None
+                # a copying spread (as many channels in as out) adds the stage input channel for channel:
+                # the output is in the input's site; any other "dup" is kept whole (checked in _check_pair)
+                copy = dup and spread.repeats == spread.factor_t * spread.factor_s**2
+                out = (
+                    stage_input[key]
+                    if copy
+                    else self._site(f"{name}.out", conv.out_channels, sm.resample[1].out_channels)
+                )
                 out.producers.append(conv.weight)
                 cur.consumers.append(f"{name}.resample.1")
                 if tm.time_conv is not None:
                     cur.consumers.append(name)  # the time conv reads the Upsample's input
                 self.units.append((name, (cur, out)))
+                if key is not None and not dup:
+                    src = stage_input[key]
+                    src.consumers.append(f"decoder.shortcuts.{key}")  # the raw stage input
+                    self.units.append((f"decoder.shortcuts.{key}", (src, out)))
                 cur = out
             else:
                 raise TypeError(f"{name}: unexpected teacher module {type(tm).__name__}")
@@ -363,6 +462,8 @@ class _WanPruner:
                 ((f"{name}.proj",), lambda: self._proj(name, cur, v)),
             ]
         cur, out = sites
+        if isinstance(module, DupUpShortcut):
+            return [((name,), lambda: self._stage_shortcut(name, cur, out))]
         return [
             ((name,), lambda: self._time_conv(name, cur)),
             ((f"{name}.resample.1",), lambda: self._resample(name, cur, out)),
@@ -442,6 +543,23 @@ class _WanPruner:
         w, b = self._folded(conv.weight, conv.bias, f"{name}.resample.1", cur, out.kept)
         fill_conv(self.student.get_submodule(name).resample[1], w, b)
 
+    def _stage_shortcut(self, name: str, src: _Site, out: _Site) -> None:
+        """A "proj" student shortcut from the teacher's spread: output channel o at sub-position p is input
+        channel (o * P + p) // repeats, a 0/1 matrix that is folded over the input site like any conv."""
+        spread, student = self.teacher.get_submodule(name), self.student.get_submodule(name)
+        if not isinstance(student, ProjectedUpShortcut):
+            raise TypeError(
+                f"{name}: a student shortcut to fill is a ProjectedUpShortcut, got {type(student).__name__}"
+            )
+        positions = spread.factor_t * spread.factor_s**2
+        rows = torch.arange(spread.out_ch * positions)
+        ref = self.teacher.decoder.conv1.weight
+        weight = torch.zeros(rows.numel(), src.teacher, dtype=ref.dtype, device=ref.device)
+        weight[rows, rows // spread.repeats] = 1.0
+        keep = (out.kept[:, None] * positions + torch.arange(positions)).flatten()
+        w, b = self._folded(weight[:, :, None, None, None], None, name, src, keep)
+        fill_conv(student.conv, w, b)
+
     def _head_conv(self, cur: _Site) -> None:
         th, sh = self.teacher.decoder.head, self.student.decoder.head
         rows = torch.arange(th[2].out_channels)
@@ -452,7 +570,7 @@ class _WanPruner:
 
     def run(self, calib: torch.Tensor) -> PruneReport:
         cfg = self.cfg
-        fit, held = _split(calib, cfg.holdout)
+        fit, held = split_calibration(calib, cfg.holdout)
         names = [c for s in self.sites for c in s.consumers] + self.norms
         log.info("calibrating %s on %d clips (%d layers)", self.teacher.spec.name, fit.shape[0], len(names))
         self.inputs = collect_inputs(self.teacher, fit, names, cfg.rows, cfg.seed, cfg.batch)
@@ -491,7 +609,7 @@ class _WanPruner:
         psnr = None
         if held is not None:
             psnr = psnr_db(
-                run_decoder(self.student, held, cfg.batch), run_decoder(self.teacher, held, cfg.batch)
+                decode_clips(self.student, held, cfg.batch), decode_clips(self.teacher, held, cfg.batch)
             )
         return build_report(
             self.teacher.spec.name,
@@ -510,37 +628,25 @@ class _WanPruner:
         return PatchRequest(torch.arange(inner.in_channels), torch.arange(inner.out_channels))
 
 
-def _split(calib: torch.Tensor, holdout: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if calib.ndim != 5:
-        raise ValueError(f"calibration latents must be (N, C, T, H, W), got shape {tuple(calib.shape)}")
-    n = calib.shape[0]
-    if holdout == 0:
-        return calib, None
-    if n <= holdout:
-        log.warning("only %d calibration clips: the PSNR is measured on the clips used for fitting", n)
-        return calib, calib
-    return calib[: n - holdout], calib[n - holdout :]
-
-
 def _module(decoder: FlashDecoder | nn.Module) -> nn.Module:
     return decoder.module if isinstance(decoder, FlashDecoder) else decoder
 
 
 @torch.no_grad()
 def build_student_from_teacher(
-    teacher_decoder: FlashDecoder | WanFamilyDecoder,
+    teacher_decoder: FlashDecoder | WanFamilyDecoder | Wan22Decoder,
     target_spec: DecoderSpec,
     calib_latents: torch.Tensor,
     config: PruneConfig | None = None,
 ) -> tuple[FlashDecoder, PruneReport]:
     """A new student of `target_spec` whose weights all come from the teacher (select, fold, replace).
 
-    calib_latents: (N, 16, T, H, W) raw Wan latents (random latents work for tests; encoded videos
+    calib_latents: (N, C, T, H, W) raw Wan latents (random latents work for tests; encoded videos
     for real students); the last `config.holdout` clips only measure the report's PSNR.
     The teacher is not modified. Returns the student (role "student") and the report.
     """
     config = dataclasses.replace(config or PruneConfig(), target=target_spec)
-    teacher = _module(teacher_decoder)
+    teacher = _as_wan_family(_module(teacher_decoder))
     pruner = _WanPruner(teacher, config)
     report = pruner.run(calib_latents)
     origin = teacher_decoder.layout if isinstance(teacher_decoder, FlashDecoder) else teacher.spec.name
@@ -560,6 +666,11 @@ def prune_(decoder: FlashDecoder | WanFamilyDecoder, config: PruneConfig, calib:
     the target. A FlashDecoder also becomes role "student". calib: (N, 16, T, H, W) raw latents.
     """
     module = _module(decoder)
+    if isinstance(module, Wan22Decoder):
+        raise TypeError(
+            "prune_ works in place on a WanFamilyDecoder; a Wan 2.2 VAE (Wan22Decoder) has other modules: "
+            "use build_student_from_teacher, which returns the student as a new decoder"
+        )
     pruner = _WanPruner(module, config)
     report = pruner.run(calib)
     for name, _ in pruner.units:
@@ -569,4 +680,5 @@ def prune_(decoder: FlashDecoder | WanFamilyDecoder, config: PruneConfig, calib:
         decoder.role = "student"
         decoder.layout = f"flash-vaed:{config.target.name}"
         decoder.info = {**decoder.info, "parameters": report.student_parameters}
+        vars(decoder).pop("memory_profile", None)  # measured on the teacher: measure the student anew
     return report

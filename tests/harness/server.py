@@ -84,10 +84,16 @@ class PromptFailed(RuntimeError):
         self.entry = entry
 
 
-def comfy_root() -> Path:
-    """The harness's ComfyUI: ``$FLASH_VAED_COMFYUI``, else ``<repo>/.cache/comfyui``."""
-    env = os.environ.get("FLASH_VAED_COMFYUI")
-    return Path(env).expanduser().resolve() if env else DEFAULT_COMFY_DIR
+def comfy_root(explicit: str | os.PathLike | None = None) -> Path:
+    """The ComfyUI that the tests, the harness and bench/ use: ``explicit``, else ``$FLASH_VAED_COMFYUI``,
+    else ``<repo>/.cache/comfyui`` (where install.sh puts it)."""
+    chosen = explicit or os.environ.get("FLASH_VAED_COMFYUI")
+    return Path(chosen).expanduser().resolve() if chosen else DEFAULT_COMFY_DIR
+
+
+def comfy_installed(root: Path | None = None) -> bool:
+    root = root or comfy_root()
+    return (root / "main.py").is_file() and (root / "comfy" / "sd.py").is_file()
 
 
 def pinned_frontend() -> str:

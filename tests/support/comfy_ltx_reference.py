@@ -21,14 +21,14 @@ the header. Job keys:
     vae_options:    optional dict passed as VAE.decode(vae_options=...) (timestep, noise_scale)
     out:            output path
 
-The ComfyUI root comes from $FLASH_VAED_COMFYUI (default <repo>/.comfyui). It replaces this script's
-folder as sys.path[0]: the repository's `nodes/` package must not shadow ComfyUI's `nodes.py`.
+The ComfyUI root is the harness's (`harness.server.comfy_root`: $FLASH_VAED_COMFYUI, else
+<repo>/.cache/comfyui). It replaces this script's folder as sys.path[0]: the repository's `nodes/`
+package must not shadow ComfyUI's `nodes.py`.
 """
 
 import functools
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -37,7 +37,7 @@ REPO = HERE.parents[1]
 
 
 def _setup_comfy() -> None:
-    root = Path(os.environ.get("FLASH_VAED_COMFYUI", REPO / ".comfyui")).resolve()
+    root = _load(HERE.parent / "harness" / "server.py").comfy_root()
     if not (root / "comfy").is_dir():
         raise SystemExit(f"no ComfyUI at {root} (set FLASH_VAED_COMFYUI)")
     sys.path[0] = str(root)
@@ -47,9 +47,11 @@ def _setup_comfy() -> None:
     args.cpu = True
 
 
-def _reference_weights():
-    spec = importlib.util.spec_from_file_location("reference_weights", HERE / "reference_weights.py")
+def _load(path: Path):
+    """A helper module of the tests by file, without putting tests/ on sys.path before ComfyUI."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -60,7 +62,7 @@ def _state_dict(job: dict) -> dict:
     if "weights" in job:
         return comfy.utils.load_torch_file(job["weights"])
     gen = job["generate"]
-    rw = _reference_weights()
+    rw = _load(HERE / "reference_weights.py")
     return rw.generate(
         rw.load_manifest(gen["manifest"]),
         seed=gen.get("seed", 0),

@@ -17,20 +17,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.server import comfy_env, comfy_root
+from harness.server import comfy_env, comfy_installed, comfy_root
 
 WORKER = Path(__file__).with_name("comfy_vae_worker.py")
 # Environment for a ComfyUI child process (offline, no PYTHONPATH); kept under this name for callers.
 worker_env = comfy_env
+__all__ = ["comfy_installed", "comfy_root", "worker_env"]  # re-exported for the tests
 
 
 class ComfyWorkerError(RuntimeError):
     """The worker process failed; the message carries the end of its output."""
-
-
-def comfy_installed(root: Path | None = None) -> bool:
-    root = root or comfy_root()
-    return (root / "main.py").is_file() and (root / "comfy" / "sd.py").is_file()
 
 
 def run_worker(args: list[str], *, root: Path | None = None, timeout_s: float = 600) -> None:

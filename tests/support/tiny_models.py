@@ -23,6 +23,12 @@ from support.reference_weights import generate, load_manifest
 
 MODEL_SUBDIRS = ("vae", "vae_approx", "checkpoints", "flash_vaed")
 WAN_TEACHER = "wan_2.1_vae.safetensors"
+WAN22_VAE = "wan2.2_vae.safetensors"
+# ComfyUI 0.3.75's VAELoader builds the Wan 2.2 VAE at its released size only, whatever the file holds
+WAN22_DETECTION_KEYS = {
+    "decoder.middle.0.residual.0.gamma": [1024, 1, 1, 1],
+    "decoder.upsamples.0.upsamples.0.residual.2.weight": [1024, 1024, 3, 3, 3],
+}
 WAN_STUDENT = "Flash_VAED_Wan.pth"
 LTX_STUDENT = "Flash_VAED_LTX.pth"
 
@@ -38,7 +44,27 @@ def write_models(models_dir: Path, ltx: str = "tiny") -> Path:
         generate(load_manifest("flashvaed_wan_official"), seed=1), models_dir / "flash_vaed" / WAN_STUDENT
     )
     write_ltx_student(models_dir / "flash_vaed" / LTX_STUDENT, ltx)
+    write_wan22_vae(models_dir)
     return models_dir
+
+
+def write_wan22_vae(models_dir: Path, dec_dim: int = 16) -> None:
+    """`wan2.2_vae.safetensors` twice, for the Wan 2.2 workflow's two loaders.
+
+    models/flash_vaed/: the Wan 2.2 decoder at width `dec_dim` in the real key layout, for Load Flash-VAED
+    (which looks in models/flash_vaed before models/vae, and reads any width). models/vae/: for ComfyUI's
+    VAELoader, which builds the full-size model (700 M values, allocated but never touched) and loads what
+    the file has with strict=False: only the two tensors it detects Wan 2.2 by, in bf16 (57 MB). The
+    workflow's decode part never runs that VAE (Wan22 Image To Video Latent encodes only a start image).
+    """
+    from flash_vaed.arch.wan22 import Wan22Decoder
+
+    torch.manual_seed(3)
+    module = Wan22Decoder(dec_dim=dec_dim)
+    tensors = {k: v.contiguous() for k, v in module.state_dict().items()}
+    save_file(tensors, str(models_dir / "flash_vaed" / WAN22_VAE))
+    stub = {k: torch.zeros(shape, dtype=torch.bfloat16) for k, shape in WAN22_DETECTION_KEYS.items()}
+    save_file(stub, str(models_dir / "vae" / WAN22_VAE))
 
 
 def write_ltx_student(path: Path, kind: str = "tiny") -> Path:

@@ -342,12 +342,190 @@ def wan21_prune_distill() -> tuple[dict, dict]:
     return graph, layout
 
 
+# ---- Wan 2.2: the sampling of ComfyUI's own templates (comfyui-workflow-templates-json 0.1.123:
+# video_wan2_2_14B_t2v.json, video_wan2_2_14B_i2v.json, video_wan2_2_5B_ti2v.json) at their defaults, flattened
+# out of the templates' subgraphs with the Lightning-LoRA switch at its default (off: 20 steps, split at 10,
+# cfg 3.5, euler/simple, shift 5); only the decode is changed.
+
+WAN22_FILES = """\
+**Model files** (ComfyUI's Wan 2.2 repackage: huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged)
+
+{unets}
+* `models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors`
+{vae}"""
+FLASH_WAN_FILE = (
+    "* `models/flash_vaed/Flash_VAED_Wan.pth`: downloaded from huggingface.co/Aoko955/Flash-VAED on the first run "
+    "(or put it there yourself)\n"
+)
+
+
+def _wan22_14b(kind: str) -> dict:
+    """Nodes 1-8 of the 14B graphs: the high- and low-noise experts, text encoder, prompts, shifts."""
+    graph = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": f"wan2.2_{kind}_high_noise_14B_fp8_scaled.safetensors",
+                                                       "weight_dtype": "default"}, "_meta": {"title": "Load Diffusion Model (high noise)"}},
+        "2": {"class_type": "UNETLoader", "inputs": {"unet_name": f"wan2.2_{kind}_low_noise_14B_fp8_scaled.safetensors",
+                                                       "weight_dtype": "default"}, "_meta": {"title": "Load Diffusion Model (low noise)"}},
+        "3": {"class_type": "CLIPLoader", "inputs": {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan",
+                                                       "device": "default"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": WAN_POSITIVE, "clip": ["3", 0]}, "_meta": {"title": "Positive prompt"}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": WAN_NEGATIVE, "clip": ["3", 0]}, "_meta": {"title": "Negative prompt"}},
+        "6": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["1", 0], "shift": 5.0}},
+        "7": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["2", 0], "shift": 5.0}},
+    }  # fmt: skip
+    return graph
+
+
+def _two_experts(latent: list, positive: list, negative: list) -> dict:
+    """The templates' two KSamplerAdvanced: the high-noise expert for steps 0-10, the low-noise one after."""
+    common = {
+        "steps": 20,
+        "cfg": 3.5,
+        "sampler_name": "euler",
+        "scheduler": "simple",
+        "positive": positive,
+        "negative": negative,
+    }
+    return {
+        "high": {"class_type": "KSamplerAdvanced", "inputs": common | {
+            "model": ["6", 0], "add_noise": "enable", "noise_seed": 82628696717253, "control_after_generate": "randomize",
+            "start_at_step": 0, "end_at_step": 10, "return_with_leftover_noise": "enable", "latent_image": latent},
+            "_meta": {"title": "KSampler (high noise expert)"}},
+        "low": {"class_type": "KSamplerAdvanced", "inputs": common | {
+            "model": ["7", 0], "add_noise": "disable", "noise_seed": 0, "control_after_generate": "fixed",
+            "start_at_step": 10, "end_at_step": 10000, "return_with_leftover_noise": "disable"},
+            "_meta": {"title": "KSampler (low noise expert)"}},
+    }  # fmt: skip
+
+
+def wan22_14b_t2v() -> tuple[dict, dict]:
+    video = _save_video(["13", 0], 16.0, "video/flash_vaed_wan22_14b_t2v")
+    experts = _two_experts(["8", 0], ["4", 0], ["5", 0])
+    graph = _wan22_14b("t2v") | {
+        "8": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 640, "height": 640, "length": 81, "batch_size": 1}},
+        "9": experts["high"],
+        "10": experts["low"] | {"inputs": experts["low"]["inputs"] | {"latent_image": ["9", 0]}},
+        "12": {"class_type": "FlashVAEDLoad", "inputs": {"decoder_name": "Flash_VAED_Wan.pth", "dtype": "auto"}},
+        "13": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["12", 1]}},
+        "14": video["create"],
+        "15": video["save"] | {"inputs": video["save"]["inputs"] | {"video": ["14", 0]}},
+        "16": _note(
+            "# Wan 2.2 14B text to video, decoded by Flash-VAED\n\nComfyUI's Wan 2.2 14B template (two experts: "
+            "high noise for the first 10 of 20 steps, low noise for the rest). The 14B models decode with the "
+            "**Wan 2.1 VAE**, so the official Flash-VAED Wan student applies: the **VAE** output of Load Flash-VAED "
+            "goes into the stock VAE Decode in place of `wan_2.1_vae.safetensors`.\n\n"
+            + WAN22_FILES.format(
+                unets="* `models/diffusion_models/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors`\n"
+                      "* `models/diffusion_models/wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors`",
+                vae=FLASH_WAN_FILE)
+        ),
+    }  # fmt: skip
+    layout = {
+        "columns": [["16"], ["1", "2", "3"], ["4", "5"], ["6", "7", "8"], ["9"], ["10"], ["12", "13"], ["14", "15"]],
+        "sizes": {"1": [360, 0], "2": [360, 0], "3": [360, 0], "4": [420, 160], "5": [420, 160], "16": [380, 460],
+                  "12": [320, 0], "15": [280, 0]},
+        "groups": [
+            {"title": "Wan 2.2 14B sampling (ComfyUI's template)", "nodes": ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]},
+            {"title": "Flash-VAED as the VAE", "nodes": ["12", "13"], "color": FLASH_COLOR},
+        ],
+    }  # fmt: skip
+    return graph, layout
+
+
+def wan22_14b_i2v() -> tuple[dict, dict]:
+    video = _save_video(["13", 0], 16.0, "video/flash_vaed_wan22_14b_i2v")
+    experts = _two_experts(["11", 2], ["11", 0], ["11", 1])
+    graph = _wan22_14b("i2v") | {
+        "8": {"class_type": "LoadImage", "inputs": {"image": "example.png"}, "_meta": {"title": "Start image"}},
+        "17": {"class_type": "VAELoader", "inputs": {"vae_name": "wan_2.1_vae.safetensors"},
+               "_meta": {"title": "Load VAE (teacher, encodes)"}},
+        "12": {"class_type": "FlashVAEDLoad", "inputs": {"decoder_name": "Flash_VAED_Wan.pth", "dtype": "auto",
+                                                         "teacher_vae": ["17", 0]}},
+        "11": {"class_type": "WanImageToVideo", "inputs": {
+            "positive": ["4", 0], "negative": ["5", 0], "vae": ["12", 1], "start_image": ["8", 0],
+            "width": 640, "height": 640, "length": 81, "batch_size": 1}},
+        "9": experts["high"],
+        "10": experts["low"] | {"inputs": experts["low"]["inputs"] | {"latent_image": ["9", 0]}},
+        "13": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["12", 1]}},
+        "14": video["create"],
+        "15": video["save"] | {"inputs": video["save"]["inputs"] | {"video": ["14", 0]}},
+        "16": _note(
+            "# Wan 2.2 14B image to video with the Flash-VAED drop-in VAE\n\nComfyUI's Wan 2.2 14B image-to-video "
+            "template. The 14B models use the **Wan 2.1 VAE**: the **VAE** output of Load Flash-VAED goes wherever "
+            "it would. Wan Image To Video encodes the start image through `teacher_vae` (the original "
+            "`wan_2.1_vae.safetensors`), and VAE Decode decodes with the official Flash-VAED Wan student.\n\n"
+            + WAN22_FILES.format(
+                unets="* `models/diffusion_models/wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors`\n"
+                      "* `models/diffusion_models/wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors`",
+                vae="* `models/vae/wan_2.1_vae.safetensors`\n" + FLASH_WAN_FILE)
+        ),
+    }  # fmt: skip
+    layout = {
+        "columns": [["16"], ["1", "2", "3"], ["4", "5"], ["8", "17", "12"], ["6", "7", "11"], ["9"], ["10"],
+                    ["13", "14", "15"]],
+        "sizes": {"1": [360, 0], "2": [360, 0], "3": [360, 0], "4": [420, 160], "5": [420, 160], "16": [380, 460],
+                  "8": [320, 360], "17": [320, 0], "12": [320, 0], "15": [280, 0]},
+        "groups": [{"title": "Flash-VAED as the VAE", "nodes": ["17", "12"], "color": FLASH_COLOR}],
+    }  # fmt: skip
+    return graph, layout
+
+
+def wan22_5b_ti2v() -> tuple[dict, dict]:
+    video = _save_video(["10", 0], 24.0, "video/flash_vaed_wan22_5b_ti2v")
+    graph = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "wan2.2_ti2v_5B_fp16.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan",
+                                                       "device": "default"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": WAN_POSITIVE, "clip": ["2", 0]}, "_meta": {"title": "Positive prompt"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": WAN_NEGATIVE, "clip": ["2", 0]}, "_meta": {"title": "Negative prompt"}},
+        "5": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["1", 0], "shift": 8.0}},
+        "6": {"class_type": "VAELoader", "inputs": {"vae_name": "wan2.2_vae.safetensors"},
+              "_meta": {"title": "Load VAE (encodes a start image)"}},
+        "7": {"class_type": "Wan22ImageToVideoLatent", "inputs": {"vae": ["6", 0], "width": 1280, "height": 704,
+                                                                   "length": 121, "batch_size": 1}},
+        "8": {"class_type": "KSampler", "inputs": {
+            "model": ["5", 0], "seed": 82628696717253, "control_after_generate": "randomize", "steps": 20, "cfg": 5.0,
+            "sampler_name": "uni_pc", "scheduler": "simple", "denoise": 1.0, "positive": ["3", 0], "negative": ["4", 0],
+            "latent_image": ["7", 0]}},
+        "9": {"class_type": "FlashVAEDLoad", "inputs": {"decoder_name": "wan2.2_vae.safetensors", "dtype": "auto"},
+              "_meta": {"title": "Load Flash-VAED (Wan 2.2 VAE or a Wan 2.2 student)"}},
+        "10": {"class_type": "FlashVAEDDecode", "inputs": {"flash_vaed": ["9", 0], "samples": ["8", 0], "mode": "causal",
+                                                           "chunk_frames": 2, "tile_px": 512, "overlap_px": 64}},
+        "11": video["create"],
+        "12": video["save"] | {"inputs": video["save"]["inputs"] | {"video": ["11", 0]}},
+        "13": _note(
+            "# Wan 2.2 TI2V-5B, decoded by Flash-VAED\n\nComfyUI's Wan 2.2 5B template (text to video; for image to "
+            "video connect a Load Image to `start_image` of Wan22 Image To Video Latent). The 5B model uses the "
+            "**Wan 2.2 VAE** (48 channels), for which there is no official Flash-VAED student: Load Flash-VAED loads "
+            "the Wan 2.2 VAE itself as the decoder, and Flash-VAED Decode streams it (`causal`, 2 latent frames "
+            "at a time): the frames are the VAE's own, in memory that does not grow with the clip's length. To "
+            "decode faster, train a Wan 2.2 student with Prune & Distill (preset `auto`, teacher "
+            "`wan2.2_vae.safetensors`) and pick its file in Load Flash-VAED.\n\n"
+            + WAN22_FILES.format(unets="* `models/diffusion_models/wan2.2_ti2v_5B_fp16.safetensors`",
+                                 vae="* `models/vae/wan2.2_vae.safetensors`\n")
+        ),
+    }  # fmt: skip
+    layout = {
+        "columns": [["13"], ["1", "2"], ["3", "4"], ["5", "6", "7"], ["8"], ["9", "10"], ["11", "12"]],
+        "sizes": {"1": [320, 0], "2": [320, 0], "3": [420, 160], "4": [420, 160], "13": [380, 460], "6": [320, 0],
+                  "9": [320, 0], "10": [320, DECODE_H], "12": [280, 0]},
+        "groups": [
+            {"title": "Wan 2.2 5B sampling (ComfyUI's template)", "nodes": ["1", "2", "3", "4", "5", "6", "7", "8"]},
+            {"title": "Flash-VAED decode", "nodes": ["9", "10"], "color": FLASH_COLOR},
+        ],
+    }  # fmt: skip
+    return graph, layout
+
+
 WORKFLOWS = {
     "wan21_t2v": wan21_t2v,
     "wan21_i2v": wan21_i2v,
     "ltxv_t2v": ltxv_t2v,
     "wan21_compare_decoders": wan21_compare_decoders,
     "wan21_prune_distill": wan21_prune_distill,
+    "wan22_14b_t2v": wan22_14b_t2v,
+    "wan22_14b_i2v": wan22_14b_i2v,
+    "wan22_5b_ti2v": wan22_5b_ti2v,
 }
 
 # Places the nodes column by column (sizes: [w, h], 0 keeps the computed size) and draws groups around them.

