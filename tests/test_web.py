@@ -142,7 +142,15 @@ CURVE_PIXELS_JS = """id => { const w = window.app.graph.getNodeById(id).widgets.
     return n; }"""
 
 
-def curve_pixels(ui, node_id: int) -> int:
+def curve_pixels(ui, node_id: int, timeout_ms: int = 5000) -> int:
+    """Pixels of the first curve's colour, once any are drawn (the frontend lays the canvas out a frame or
+    more after the message) or after timeout_ms."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        ui.page.wait_for_function(f"id => ({CURVE_PIXELS_JS})(id) > 0", arg=node_id, timeout=timeout_ms)
+    except PlaywrightTimeout:  # none drawn: the count below (0) is what the test asserts on
+        pass
     return ui.js(CURVE_PIXELS_JS, node_id)
 
 

@@ -142,6 +142,9 @@ function plotWidget(node) {
     widget.serialize = false;
     widget.plot = plot;
     widget.redraw = () => draw(canvas, plot);
+    // The frontend mounts a DOM widget's element later than addDOMWidget returns (1.58 lays it out a frame or
+    // more after the first message), so a draw before then sees a 0x0 canvas; draw again once it has a size.
+    if (typeof ResizeObserver === "function") new ResizeObserver(() => draw(canvas, plot)).observe(canvas);
     const [w, h] = node.computeSize();
     node.setSize([Math.max(node.size[0], w, 320), Math.max(node.size[1], h)]);
     return widget;
