@@ -55,7 +55,7 @@ class RunsOnModule:
 class FlashDecoder(RunsOnModule):
     """A decoder ready to run.
 
-    family:  the latent space it reads ("wan21" | "wan22" | "ltxv").
+    family:  the latent space it reads ("wan21" | "wan22" | "ltxv" | "ltx2").
     role:    "teacher" (an original VAE decoder) or "student" (a Flash-VAED decoder).
     module:  the decoder module (`arch.protocol.DecoderModule`); raw latents in, frames out.
     latent_norm: converts ComfyUI-space latents to the module's raw latents (LTX), or None (Wan).

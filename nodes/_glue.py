@@ -35,6 +35,7 @@ WORKING_DTYPES = {
     Family.WAN21: [torch.bfloat16, torch.float16, torch.float32],
     Family.WAN22: [torch.bfloat16, torch.float16, torch.float32],
     Family.LTXV: [torch.bfloat16, torch.float32],
+    Family.LTX2: [torch.bfloat16, torch.float32],
 }
 MODES = ("auto", "whole", "causal", "tiled")
 
