@@ -9,8 +9,8 @@ from typing import Literal, TypeVar
 import torch
 from torch import nn
 
-from .arch.ltx import DECODE_NOISE_SCALE as LTX_DECODE_NOISE_SCALE
-from .arch.ltx import DECODE_TIMESTEP as LTX_DECODE_TIMESTEP
+from .arch.ltx import DECODE_NOISE_SCALE as LTX_DECODE_NOISE_SCALE  # noqa: F401 (flash_vaed.quality)
+from .arch.ltx import DECODE_TIMESTEP as LTX_DECODE_TIMESTEP  # noqa: F401
 from .arch.ltx import mix_decode_noise
 from .arch.protocol import DecoderModule
 from .engine.decode import DecodePlan, ProgressFn, frames_of_latents, run_decode
@@ -93,8 +93,8 @@ class FlashDecoder(RunsOnModule):
         tile_px: int | None = None,
         overlap_px: int | None = None,
         on_progress: ProgressFn | None = None,
-        timestep: float = LTX_DECODE_TIMESTEP,
-        noise_scale: float = LTX_DECODE_NOISE_SCALE,
+        timestep: float | None = None,
+        noise_scale: float | None = None,
         generator: torch.Generator | None = None,
         out_device: torch.device | str | None = None,
         available_bytes: int | None = None,
@@ -109,12 +109,16 @@ class FlashDecoder(RunsOnModule):
                  at once (chunk_frames: latent frames per streaming step; tile_px, overlap_px: spatial
                  tiles in output pixels).
         on_progress(done, total): called after each chunk of each tile; raise from it to stop.
-        timestep, noise_scale, generator: LTX 0.9.1+ only, ComfyUI's decode noise; noise_scale=0 is
-                 deterministic, a seeded generator reproduces a seeded ComfyUI decode.
+        timestep, noise_scale, generator: timestep-conditioned LTX decoders only (LTX-Video 0.9.1+, LTX-2
+                 variants), ComfyUI's decode noise; default the decoder's own values (ComfyUI's 0.05 / 0.025
+                 unless an LTX-2 config sets others). noise_scale=0 is deterministic, a seeded generator
+                 reproduces a seeded ComfyUI decode.
         available_bytes: free memory on the output device (default: measured); a decode whose output
                  alone exceeds it is refused with `OutputTooLargeError` before anything is allocated.
         Returns float32 (B, 3, T_out, H_out, W_out) in about [-1, 1] (not clamped).
         """
+        timestep = self.module.decode_timestep if timestep is None else timestep
+        noise_scale = self.module.decode_noise_scale if noise_scale is None else noise_scale
         keywords = (chunk_frames, tile_px, overlap_px)
         if plan is not None and keywords != (None, None, None):
             raise TypeError("give decode() either a plan or chunk_frames / tile_px / overlap_px, not both")

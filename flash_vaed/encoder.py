@@ -35,7 +35,7 @@ from torch import nn
 from .arch.ltx2 import family_of_config
 from .arch.ltx_encoder import V2_ENCODER_KEY, LTXTeacherEncoder
 from .arch.wan_encoder import WanEncoder
-from .checkpoint.io import TensorSource, from_state_dict, open_tensors
+from .checkpoint.io import TensorSource
 from .checkpoint.load import (
     LTX_STATS,
     Layouts,
@@ -47,6 +47,7 @@ from .checkpoint.load import (
     ours,
     owned,
     read_latent_norm,
+    tensor_source,
 )
 from .checkpoint.wan_keys import diffusers_wan_encoder_to_original
 from .decoder import RunsOnModule
@@ -311,14 +312,14 @@ def build_encoder(
 
 
 def load_encoder(
-    source: str | os.PathLike | Mapping[str, torch.Tensor],
+    source: str | os.PathLike | Mapping[str, torch.Tensor] | TensorSource,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> FlashEncoder:
-    """Load a teacher's encoder from a VAE file (.safetensors/.pth/...), a diffusers Wan folder, or a state
-    dict (keys may carry a `vae.` prefix). Strict: missing or unexpected encoder keys raise CheckpointError.
+    """Load a teacher's encoder from a VAE file (.safetensors/.pth/...), a diffusers Wan folder, a state
+    dict (keys may carry a `vae.` prefix) or a `TensorSource` (a state dict with its file's metadata, see
+    `load_decoder`). Strict: missing or unexpected encoder keys raise CheckpointError.
 
     Only the encoder's tensors are read (plus LTX's latent statistics); the decoder stays on disk.
     """
-    src = from_state_dict(source) if isinstance(source, Mapping) else open_tensors(source)
-    return build_encoder(src, device, dtype)
+    return build_encoder(tensor_source(source), device, dtype)

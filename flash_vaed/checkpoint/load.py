@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -408,16 +407,24 @@ def build_decoder(
 
 
 def load_decoder(
-    source: str | os.PathLike | Mapping[str, torch.Tensor],
+    source: str | os.PathLike | Mapping[str, torch.Tensor] | TensorSource,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> FlashDecoder:
-    """Load a decoder from a file (.safetensors/.pth/...), a diffusers folder, or a state dict.
+    """Load a decoder from a file (.safetensors/.pth/...), a diffusers folder, a state dict, or a
+    `TensorSource` (a state dict with the metadata its file had: `checkpoint.io.from_state_dict(sd, meta)`,
+    which LTX-2 VAEs need, their architecture being in the metadata).
 
     Only the decoder's tensors are read (the encoder stays on disk), lazily for safetensors files.
     """
-    src = from_state_dict(source) if isinstance(source, Mapping) else open_tensors(source)
-    return build_decoder(src, device, dtype)
+    return build_decoder(tensor_source(source), device, dtype)
+
+
+def tensor_source(source: str | os.PathLike | Mapping[str, torch.Tensor] | TensorSource) -> TensorSource:
+    """What `load_decoder` / `load_encoder` take, as a `TensorSource`."""
+    if isinstance(source, TensorSource):
+        return source
+    return from_state_dict(source) if isinstance(source, Mapping) else open_tensors(source)
 
 
 def save_student(decoder: FlashDecoder, path: str | os.PathLike) -> os.PathLike:
