@@ -19,7 +19,7 @@ from .engine.memory import DecoderProfile, profile_module
 from .engine.state import DecodeState
 from .engine.tiles import Tile
 from .latents import LatentNorm, check_latents
-from .policy import decode_with_fallback
+from .policy import decode_with_fallback, useful_plan
 from .spec import Family
 
 Wrapper = TypeVar("Wrapper", bound="RunsOnModule")
@@ -128,8 +128,8 @@ class FlashDecoder(RunsOnModule):
             return decode_with_fallback(
                 self, latents, "auto", on_progress, available_bytes=available_bytes, **options
             ).frames
-        plan = DecodePlan(*keywords) if plan is None else plan
         check_latents(latents, self.family)
+        plan = useful_plan(DecodePlan(*keywords) if plan is None else plan, self.module, latents.shape[2])
         check_output_fits(self._output_shape(latents.shape), out_device or self.device, available_bytes)
         z = latents.to(device=self.device, dtype=torch.float32)
         region = _Region(self, timestep, noise_scale, generator)
