@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .arch.ltx2 import KNOWN_DECODERS, LTX2DecoderConfig, LTX2TeacherDecoder
+from .arch.ltx2 import LTX2DecoderConfig, LTX2TeacherDecoder, released_decoder_config
 from .arch.ltx_student import LTXStudentSpec, StudentStage
 from .spec import DecoderSpec, Family, Op, StageSpec
 
@@ -86,10 +86,7 @@ def ltx2_recipe(teacher: LTX2TeacherDecoder | LTX2DecoderConfig | None = None) -
     VAE's). Raises ValueError for a teacher whose width changes inside a segment (res_x_y blocks).
     """
     if teacher is None:
-        blocks, _ = KNOWN_DECODERS["ltx-2.3"]
-        cfg = LTX2DecoderConfig.from_comfy_config(
-            {"latent_channels": 128, "patch_size": 4, "norm_layer": "pixel_norm", "decoder_blocks": blocks}
-        )
+        cfg = LTX2DecoderConfig.from_comfy_config(released_decoder_config("ltx-2.3"))
     else:
         cfg = teacher.config if isinstance(teacher, LTX2TeacherDecoder) else teacher
     segments: list[list[int]] = [[0, cfg.first_channels]]  # resnets, width
@@ -138,9 +135,7 @@ def ltx2_recipe(teacher: LTX2TeacherDecoder | LTX2DecoderConfig | None = None) -
 
 def ltx20_recipe() -> LTXStudentSpec:
     """`ltx2_recipe` for the LTX-2.0 video VAE's layout."""
-    blocks, _ = KNOWN_DECODERS["ltx-2.0"]
-    config = {"latent_channels": 128, "patch_size": 4, "norm_layer": "pixel_norm", "decoder_blocks": blocks}
-    return ltx2_recipe(LTX2DecoderConfig.from_comfy_config(config))
+    return ltx2_recipe(LTX2DecoderConfig.from_comfy_config(released_decoder_config("ltx-2.0")))
 
 
 PRESETS: dict[str, Callable[[], AnySpec]] = {

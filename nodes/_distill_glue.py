@@ -43,7 +43,7 @@ def video_folder_names() -> list[str]:
 
 
 def preset_names() -> list[str]:
-    """ "auto" (the official student layout of the teacher's family), then flash_vaed.presets."""
+    """ "auto" (the official student layout of the teacher's family, or its recipe), then flash_vaed.presets."""
     return ["auto", *PRESETS]
 
 

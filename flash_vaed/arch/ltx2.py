@@ -76,6 +76,7 @@ __all__ = [
     "comfy_decodes_configless",
     "describe_config",
     "family_of_config",
+    "released_decoder_config",
     "diffusion_decoder_error",
     "is_diffusion_decoder",
     "load_ltx2_decoder",
@@ -316,6 +317,20 @@ LTX2_ONLY_KEYS = (
     "decoder_spatial_padding_mode",
     "encoder_spatial_padding_mode",
 )
+
+
+def released_decoder_config(variant: str) -> dict:
+    """The decoder part of a released layout's VAE config ("ltx-2.0", "ltx-2.3", or an "ltxv-0.9.x"), as
+    ComfyUI reads it: blocks, conditioning, padding (LTX-2.0 and 0.9.x decode reflect-padded, LTX-2.3 zeros)."""
+    blocks, conditioned = KNOWN_DECODERS[variant]
+    return {
+        "latent_channels": 128,
+        "patch_size": 4,
+        "norm_layer": "pixel_norm",
+        "decoder_blocks": blocks,
+        "timestep_conditioning": conditioned,
+        "spatial_padding_mode": "zeros" if variant == "ltx-2.3" else "reflect",
+    }
 
 
 def _parsed(blocks: Sequence) -> tuple[LTX2Block, ...]:
