@@ -24,7 +24,7 @@ from flash_vaed.presets import ltx2_recipe
 from harness.server import comfy_server, download, get_json, run_prompt
 from support.comfy_subprocess import comfy_root
 from support.tiny_clips import write_clips
-from support.tiny_models import LTX2_VAE, write_ltx2_vae
+from support.tiny_models import LTX2_CHECKPOINT, LTX2_VAE, write_ltx2_vae
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LATENT = "ltx2.latent"
@@ -36,9 +36,10 @@ CLIPS = "clips"
 def server(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("ltx2-nodes")
     models = base / "models"
-    for sub in ("vae", "flash_vaed"):
+    for sub in ("vae", "flash_vaed", "checkpoints"):
         (models / sub).mkdir(parents=True)
     write_ltx2_vae(models / "vae" / LTX2_VAE)
+    write_ltx2_vae(models / "checkpoints" / LTX2_CHECKPOINT, all_in_one=True)
     run_dir = base / "run"
     (run_dir / "input").mkdir(parents=True)
     latent = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(3))
@@ -92,6 +93,25 @@ def test_load_flash_vaed_lists_and_loads_an_ltx2_vae(server):
     }  # fmt: skip
     (stats,) = run_prompt(server.url, prompt)["outputs"]["3"]["flash_vaed_stats"]
     assert stats["frames"] == 9 and stats["size"] == [64, 64] and stats["dtype"] == "float32"
+
+
+@pytest.mark.comfy
+def test_the_vae_inside_an_all_in_one_checkpoint_decodes_as_the_standalone_file(server, tmp_path):
+    """LTX-2's templates load one all-in-one checkpoint (models/checkpoints): Load Flash-VAED lists it after
+    the VAE files and reads only its VAE decoder."""
+    names = get_json(server.url, "/object_info/FlashVAEDLoad")["FlashVAEDLoad"]["input"]["required"]
+    options = names["decoder_name"][1]["options"]
+    assert options.index(LTX2_CHECKPOINT) > options.index(LTX2_VAE)
+    lat = ["1", 0]
+    prompt = {
+        "1": {"class_type": "LoadLatent", "inputs": {"latent": LATENT}},
+        "2": load(LTX2_CHECKPOINT), "3": flash_decode(["2", 0], lat), "4": save(["3", 0], "ltx2_ckpt"),
+        "5": load(), "6": flash_decode(["5", 0], lat), "7": save(["6", 0], "ltx2_file"),
+    }  # fmt: skip
+    entry = run_prompt(server.url, prompt)
+    np.testing.assert_array_equal(
+        frames_of(server.url, entry, "4", tmp_path), frames_of(server.url, entry, "7", tmp_path)
+    )
 
 
 @pytest.mark.comfy

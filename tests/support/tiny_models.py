@@ -129,9 +129,15 @@ TINY_LTX2_CONFIG = {
 }
 
 
-def write_ltx2_vae(path: Path, config: dict | None = None, seed: int = 4) -> Path:
+LTX2_CHECKPOINT = "ltx-2.3-22b-dev-fp8.safetensors"  # the all-in-one file ComfyUI's LTX-2.3 templates load
+
+
+def write_ltx2_vae(path: Path, config: dict | None = None, seed: int = 4, all_in_one: bool = False) -> Path:
     """An LTX-2 video VAE file as released (encoder, decoder, statistics; the VAE config in the safetensors
-    metadata), seeded, at reduced width (TINY_LTX2_CONFIG: LTX-2.3's layout at 1/8 width, 7.3 M values)."""
+    metadata), seeded, at reduced width (TINY_LTX2_CONFIG: LTX-2.3's layout at 1/8 width, 7.3 M values).
+
+    all_in_one: as inside an all-in-one LTX-2 checkpoint instead: the VAE under `vae.`, a stand-in diffusion
+    model tensor beside it, the config among the transformer's in the metadata."""
     import json
 
     from flash_vaed.arch.ltx2 import LTX2TeacherDecoder
@@ -146,5 +152,10 @@ def write_ltx2_vae(path: Path, config: dict | None = None, seed: int = 4) -> Pat
     stats = generate({"mean": [128], "std": [128]}, seed=seed)
     tensors["per_channel_statistics.mean-of-means"] = 0.1 * stats["mean"]
     tensors["per_channel_statistics.std-of-means"] = torch.exp(0.25 * stats["std"])
-    save_file(tensors, str(path), metadata={"config": json.dumps({"vae": config})})
+    metadata = {"vae": config}
+    if all_in_one:
+        tensors = {f"vae.{k}": v for k, v in tensors.items()}
+        tensors["model.diffusion_model.patchify_proj.weight"] = torch.zeros(8, 128)
+        metadata["transformer"] = {"num_layers": 48, "cross_attention_dim": 4096}
+    save_file(tensors, str(path), metadata={"config": json.dumps(metadata)})
     return Path(path)
