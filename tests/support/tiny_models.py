@@ -3,7 +3,8 @@
     models = write_models(tmp / "models")      # models/vae/wan_2.1_vae.safetensors, models/flash_vaed/...
 
 Real key layouts, small sizes: the Wan 2.1 teacher at dim 8 (ComfyUI's own layout, 0.9 M values), the
-official Flash-VAED Wan student (the layout of Flash_VAED_Wan.pth, 5.9 M values). For LTX-Video either a
+official Flash-VAED Wan student (the layout of Flash_VAED_Wan.pth, 5.9 M values), the LTX-2.3 all-in-one
+checkpoint's VAE at 1/8 width (`write_ltx2_vae`; the checkpoint holds nothing else). For LTX-Video either a
 tiny student in this pack's own format (`ltx="tiny"`, milliseconds) or the official Flash_VAED_LTX.pth
 layout (`ltx="official"`: its decoder tensors, 67 M values, 0.27 GB, seconds to write and load). The
 diffusion models and text encoders are never needed: tests run the decode part of each workflow.
@@ -45,6 +46,7 @@ def write_models(models_dir: Path, ltx: str = "tiny") -> Path:
     )
     write_ltx_student(models_dir / "flash_vaed" / LTX_STUDENT, ltx)
     write_wan22_vae(models_dir)
+    write_ltx2_vae(models_dir / "checkpoints" / LTX2_CHECKPOINT, all_in_one=True)
     return models_dir
 
 
