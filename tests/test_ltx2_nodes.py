@@ -21,15 +21,16 @@ from safetensors.torch import save_file
 
 from flash_vaed import Family, load_decoder
 from flash_vaed.presets import ltx2_recipe
-from harness.server import comfy_server, download, get_json, run_prompt
+from harness.server import PromptFailed, comfy_server, download, get_json, run_prompt
 from support.comfy_subprocess import comfy_root
 from support.tiny_clips import write_clips
-from support.tiny_models import LTX2_CHECKPOINT, LTX2_VAE, write_ltx2_vae
+from support.tiny_models import LTX2_CHECKPOINT, LTX2_VAE, write_ltx2_vae, write_ltx_student
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LATENT = "ltx2.latent"
 LATENT_SHAPE = (1, 128, 3, 2, 3)  # -> 17 frames of 64 x 96
 CLIPS = "clips"
+LTXV_STUDENT = "ltxv_student.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         (models / sub).mkdir(parents=True)
     write_ltx2_vae(models / "vae" / LTX2_VAE)
     write_ltx2_vae(models / "checkpoints" / LTX2_CHECKPOINT, all_in_one=True)
+    write_ltx_student(models / "flash_vaed" / LTXV_STUDENT)  # an LTX-Video 0.9 student (tiny)
     run_dir = base / "run"
     (run_dir / "input").mkdir(parents=True)
     latent = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(3))
@@ -168,3 +170,19 @@ def test_prune_and_distill_trains_an_ltx2_student_from_load_flash_vaed(server, t
     student = load_decoder(server.models / "flash_vaed" / "ltx2_student.safetensors")
     assert student.family is Family.LTX2 and student.role == "student"
     assert student.module.spec == ltx2_recipe(load_decoder(server.models / "vae" / LTX2_VAE).module)
+
+
+@pytest.mark.comfy
+def test_a_teacher_vae_of_the_other_ltx_latent_space_is_refused(server):
+    """Same shape, another latent space: an LTX-Video 0.9 student cannot encode with an LTX-2 VAE."""
+    prompt = {
+        "1": load(), "2": {"class_type": "FlashVAEDLoad", "inputs": {"decoder_name": LTXV_STUDENT, "dtype": "auto",
+                                                                      "teacher_vae": ["1", 1]}},
+        "3": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 9, "color": 0}},
+        "4": {"class_type": "VAEEncode", "inputs": {"vae": ["2", 1], "pixels": ["3", 0]}},
+        "5": flash_decode(["2", 0], ["4", 0]), "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+    }  # fmt: skip
+    with pytest.raises(PromptFailed) as err:
+        run_prompt(server.url, prompt)
+    message = str(err.value)
+    assert "teacher_vae encodes LTX-2 latents" in message and "LTX-Video 0.9 latents" in message
