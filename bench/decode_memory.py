@@ -61,7 +61,7 @@ from flash_vaed.arch.ltx2 import LTX2TeacherDecoder, released_decoder_config
 from flash_vaed.decoder import FlashDecoder
 from flash_vaed.engine.decode import DecodePlan
 from flash_vaed.engine.memory import PeakMemory
-from flash_vaed.policy import useful_plan
+from flash_vaed.policy import estimate_bytes, useful_plan
 from flash_vaed.presets import resolve_spec
 
 log = logging.getLogger("bench.decode_memory")
@@ -216,6 +216,32 @@ def configs(args, device: torch.device) -> list[dict]:
     return out
 
 
+def estimates(args, device: torch.device) -> str:
+    """The memory policy's estimate of each configuration's peak (activations, state and the decode's own
+    buffers; weights not included), from the decoder's meta-device profile: no decode runs, so any size is
+    instant. What `auto` plans with, not a measurement."""
+    with torch.device("meta"):
+        dec = build_decoder(args.decoder)
+    lines = [
+        f"### Estimated decode memory, {args.decoder} ({args.dtype}; `flash_vaed.policy.estimate_bytes`, no decode run)",
+        "",
+        "| sweep | mode | latent | video | estimated peak MB |",
+        "|---|---|---|---|---|",
+    ]
+    for cfg in configs(args, device):
+        latent = (1, *cfg["latent"])
+        plan = useful_plan(
+            DecodePlan(cfg["chunk_frames"], cfg["tile_px"], cfg["overlap_px"]), dec.module, latent[2]
+        )
+        mb = estimate_bytes(dec.memory_profile, latent, DTYPES[cfg["dtype"]], plan) / 2**20
+        mode = cfg["mode"] + (" (= whole)" if plan.chunk_frames is None and cfg["chunk_frames"] else "")
+        f, h, w = video_of(Family(cfg["family"]), tuple(cfg["latent"]))
+        lines.append(
+            f"| {cfg['sweep']} | {mode} | {'x'.join(map(str, cfg['latent']))} | {f}x{h}x{w} | {mb:.0f} |"
+        )
+    return "\n".join([*lines, ""])
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
@@ -324,6 +350,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="record each run's max abs difference from the whole-clip decode",
     )
+    ap.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the memory policy's estimates instead (meta device: no decode runs, any size, instant)",
+    )
     ap.add_argument("--overlap", type=int, help="tile overlap px (default: the engine's, tile/4)")
     ap.add_argument(
         "--out-device", help="where frames are assembled (default: the decode device; cpu for GPU)"
@@ -361,6 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     args.tiles = _ints(defaults["tiles"] if args.tiles is None else args.tiles)
     args.chunks = _ints(args.chunks)
     args.tile_chunk = None if args.tile_chunk == "whole" else int(args.tile_chunk)
+
+    if args.estimate:
+        text = estimates(args, device)
+        log.info("\n%s", text)
+        if args.markdown:
+            args.markdown.parent.mkdir(parents=True, exist_ok=True)
+            args.markdown.write_text(text)
+        return 0
 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     runs = []
