@@ -487,16 +487,18 @@ class LTX2Decoder(nn.Module):
 
 
 class LTX2TeacherDecoder(DecoderModule):
-    """An LTX-2 family decoder built from a file's VAE config: RAW latents in, video out.
+    """An LTX decoder built from a file's VAE config (LTX-2.0 / 2.3 / 2.5, and LTX-Video 0.9.x checkpoints
+    that carry theirs): RAW latents in, video out.
 
     The interface the engine uses for LTX-Video teachers (`LTXTeacherDecoder`), with the config's own
-    decode defaults:
+    decode defaults and latent space (`family`: `family_of_config`, LTX2 unless the config is one of
+    LTX-Video 0.9's):
       timestep_conditioned / injects_noise, draw_spatial_noise, crop_spatial_noise: as LTXTeacherDecoder.
       decode_timestep, decode_noise_scale: ComfyUI's values for this file (config keys, else 0.05 / 0.025).
       temporal_context: latent frames (before, after) a window needs so that its frames are exact;
       temporal_halo = max of the two; WHOLE_CLIP for group-norm decoders, whose norms pool over the
-      whole clip (no finite window is exact; nor is ComfyUI's own chunked decode). time_stride / space_stride: frames per latent frame, pixels per
-      latent pixel. causal_decoder: the config's causal_decoder (convs look back only).
+      whole clip (no finite window is exact; nor is ComfyUI's own chunked decode). time_stride /
+      space_stride: frames per latent frame, pixels per latent pixel. causal_decoder: the config's causal_decoder (convs look back only).
     """
 
     family = Family.LTX2
