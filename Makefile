@@ -19,9 +19,11 @@ $(PIP_STAMP): pyproject.toml constraints.txt
 install: $(PIP_STAMP)
 	PYTHON=$(PYTHON) tests/harness/install.sh
 
-# the frontend tests drive Debian's chromium through playwright (apt needs root: CI and dev boxes are)
+# the frontend tests drive Debian's chromium through playwright (apt needs root: CI and dev boxes are), under
+# the frontend ComfyUI bundles and under the newest one, pinned and installed into .cache/frontends/
 install-test: install
 	PYTHON=$(PYTHON) tests/harness/install_browser.sh
+	PYTHON=$(PYTHON) tests/harness/install_frontend.sh
 
 # The project's test command. Tests that need the real ComfyUI fail (not skip) when it is missing.
 test: install-test

@@ -4,7 +4,8 @@ HTTP API and through the browser.
 
 The decode part of a workflow is the workflow with its sampler replaced by its own empty latent at 64 px
 (or, for image-to-video, by the start image encoded with the workflow's VAE): the diffusion models and text
-encoders are never loaded. One server (and one Chromium) serves the whole module.
+encoders are never loaded. One server serves the whole module; the frontend tests run once per frontend
+(support.frontend.FRONTENDS: the bundled one on that server, the newest on a second server with the same files).
 
 ltx2_3_t2v is ComfyUI's LTX-2.3 template, whose LTX-2 nodes ComfyUI 0.3.75 does not have (NEEDS_NEWER_COMFYUI):
 the tests check that those, and only those, are what 0.3.75 lacks; its decode part is its Flash-VAED nodes
@@ -14,6 +15,7 @@ template's sampling, latent upscaling and audio decode are not run here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -35,7 +37,14 @@ from harness.server import (
     run_prompt,
     to_api_prompt,
 )
-from support.frontend import frontend_or_skip
+from support.frontend import (
+    BUNDLED,
+    FRONTENDS,
+    frontend_or_skip,
+    frontend_or_skip_version,
+    named_value_problems,
+    workflow_meaning,
+)
 from support.tiny_clips import write_clips
 from support.tiny_models import write_models
 
@@ -121,15 +130,25 @@ def flash_part(workflow: dict, object_info: dict) -> dict:
     }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def server(comfy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def workflow_server(
+    comfy_root: Path, tmp_path_factory: pytest.TempPathFactory, frontend: str | None = None
+) -> Iterator[str]:
     """ComfyUI with this pack, the tiny model files the workflows name, and ComfyUI's example.png input."""
-    run_dir = tmp_path_factory.mktemp("comfy-workflows")
+    run_dir = tmp_path_factory.mktemp(f"comfy-workflows-{frontend or BUNDLED}")
     models = write_models(run_dir.parent / f"{run_dir.name}-models")
     (run_dir / "input").mkdir()
     shutil.copy(comfy_root / "input" / "example.png", run_dir / "input" / "example.png")
     write_clips(run_dir / "input" / TINY_CLIPS, count=2, frames=9, size=32)
-    with comfy_server(comfy_root, nodes=[REPO_ROOT], models_dir=models, run_dir=run_dir) as url:
+    with comfy_server(
+        comfy_root, nodes=[REPO_ROOT], models_dir=models, run_dir=run_dir, frontend=frontend
+    ) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def server(comfy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with workflow_server(comfy_root, tmp_path_factory) as url:
         yield url
 
 
@@ -138,10 +157,16 @@ def object_info(server: str) -> dict:
     return get_json(server, "/object_info")
 
 
-@pytest.fixture(scope="module")
-def ui(server: str):
-    with frontend_or_skip(server) as frontend:
-        yield frontend
+@pytest.fixture(scope="module", params=FRONTENDS)
+def ui(request: pytest.FixtureRequest, comfy_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The frontend in Chromium: the bundled one on ``server``, another on a server of its own."""
+    with contextlib.ExitStack() as stack:
+        if request.param == BUNDLED:
+            url = request.getfixturevalue("server")
+        else:
+            version = frontend_or_skip_version(request.param)
+            url = stack.enter_context(workflow_server(comfy_root, tmp_path_factory, version))
+        yield stack.enter_context(frontend_or_skip(url))
 
 
 # ---- the decode part of a workflow ---------------------------------------------------------------------
@@ -262,6 +287,35 @@ def test_the_expected_workflows_are_shipped():
     )
 
 
+def test_workflow_meaning_ignores_how_a_frontend_writes_but_not_what_changed():
+    saved = load("wan21_compare_decoders")
+    rewritten = copy.deepcopy(saved)  # what 1.58.1's Export writes for the same graph
+    rewritten["extra"]["frontendVersion"] = "1.58.1"
+    for node in rewritten["nodes"]:
+        node["size"] = [node["size"][0] + 40, node["size"][1]]
+        if node.get("widgets_values") == []:
+            del node["widgets_values"]
+    for group in rewritten["groups"]:
+        group.pop("font_size")
+    assert workflow_meaning(rewritten) == workflow_meaning(saved)
+
+    decode = next(n for n in rewritten["nodes"] if n["type"] == "FlashVAEDDecode")
+    decode["widgets_values_named"] = {"mode": "auto", "chunk_frames": 4, "tile_px": 512, "overlap_px": 64}
+    assert decode["widgets_values"] == ["auto", 4, 512, 64] and not named_value_problems(rewritten)
+    decode["widgets_values_named"]["tile_px"] = 256
+    assert named_value_problems(rewritten) and workflow_meaning(rewritten) == workflow_meaning(saved)
+
+    for change in (
+        lambda wf: wf["nodes"][0]["widgets_values"].__setitem__(0, "other.safetensors"),
+        lambda wf: wf["links"][0].__setitem__(4, 1),
+        lambda wf: wf["groups"][0].__setitem__("title", "renamed"),
+        lambda wf: wf["nodes"].pop(),
+    ):
+        changed = copy.deepcopy(saved)
+        change(changed)
+        assert workflow_meaning(changed) != workflow_meaning(saved)
+
+
 @pytest.mark.comfy
 def test_template_browser_lists_each_workflow_once(server: str):
     listed = get_json(server, "/workflow_templates")
@@ -317,7 +371,7 @@ def test_ltx_decode_part_with_the_official_student_layout(comfy_server, tmp_path
 
 @pytest.mark.comfy
 @pytest.mark.parametrize("name", WORKFLOWS)
-def test_workflow_loads_in_the_frontend_as_saved(ui, server: str, name: str):
+def test_workflow_loads_in_the_frontend_as_saved(ui, name: str):
     workflow = load(name)
     if name in NEEDS_NEWER_COMFYUI:
         # 0.3.75's frontend loads it and names exactly the template's nodes it lacks (the pack's are there);
@@ -335,11 +389,16 @@ def test_workflow_loads_in_the_frontend_as_saved(ui, server: str, name: str):
         return
     ui.load(workflow)
     assert not [m for m in ui.messages() if "missing" in m.lower()], ui.messages()
-    # loaded and exported again by the frontend, the file comes back unchanged (but for the view and id)
+    # loaded and exported again by the frontend, the workflow means the same (nodes, links, values, groups)
     again = ui.export_workflow()
-    for key in ("nodes", "links", "groups", "version"):
-        assert again[key] == workflow[key], f"{name}: {key} differs after a load/export round trip"
-    assert workflow["extra"]["frontendVersion"] == again["extra"]["frontendVersion"]
+    assert again["extra"]["frontendVersion"] == ui.version
+    assert workflow_meaning(again) == workflow_meaning(workflow), (
+        f"{name} changed in a load/export round trip"
+    )
+    assert not named_value_problems(again), named_value_problems(again)
+    if ui.version == workflow["extra"]["frontendVersion"]:  # the frontend that saved it: unchanged as written
+        for key in ("nodes", "links", "groups", "version"):
+            assert again[key] == workflow[key], f"{name}: {key} differs after a load/export round trip"
     # queued as the Run button does: only the absent model files are refused
     status, body = ui.queue()
     assert status == 400, body
@@ -356,9 +415,9 @@ def test_workflow_loads_in_the_frontend_as_saved(ui, server: str, name: str):
     "name",  # the compare workflow has both decoders and every output kind; the others add ~15 s each
     [n if n == "wan21_compare_decoders" else pytest.param(n, marks=pytest.mark.slow) for n in WORKFLOWS],
 )
-def test_decode_part_runs_in_the_frontend(ui, server: str, object_info: dict, name: str):
-    prompt = api_prompt(name, server, object_info)
-    free_models(server)  # run, not cached: a cached node reports no outputs
+def test_decode_part_runs_in_the_frontend(ui, object_info: dict, name: str):
+    prompt = api_prompt(name, ui.url, object_info)
+    free_models(ui.url)  # run, not cached: a cached node reports no outputs
     ui.load(prompt)
     entry = ui.run(timeout_s=300)
     check_decode_outputs(name, prompt, entry)

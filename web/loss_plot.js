@@ -123,21 +123,25 @@ function plotWidget(node) {
     if (found) return found;
     const canvas = document.createElement("canvas");
     Object.assign(canvas.style, { width: "100%", height: `${HEIGHT_PX}px`, display: "block", pointerEvents: "none" });
+    // The options below only read `plot` and `canvas`, never the widget: frontend 1.58 reads the value from
+    // inside addDOMWidget (registering the widget in its store), before `widget` below is initialised.
+    // `plot` is changed in place by addMessage, so the widget's `plot` and these closures stay one object.
+    const plot = emptyPlot();
     const widget = node.addDOMWidget(WIDGET_NAME, "flash_vaed_loss_plot", canvas, {
         serialize: false,
         hideOnZoom: false,
-        getValue: () => summary(widget.plot),
+        getValue: () => summary(plot),
         setValue: () => {},
         getMinHeight: () => HEIGHT_PX + 4,
         getMaxHeight: () => HEIGHT_PX + 4,
         // redraw when the node is resized (canvas size changes), not on every frame
         onDraw: () => {
-            if (canvas.width !== Math.round(canvas.clientWidth * (window.devicePixelRatio || 1))) draw(canvas, widget.plot);
+            if (canvas.width !== Math.round(canvas.clientWidth * (window.devicePixelRatio || 1))) draw(canvas, plot);
         },
     });
     widget.serialize = false;
-    widget.plot = emptyPlot();
-    widget.redraw = () => draw(canvas, widget.plot);
+    widget.plot = plot;
+    widget.redraw = () => draw(canvas, plot);
     const [w, h] = node.computeSize();
     node.setSize([Math.max(node.size[0], w, 320), Math.max(node.size[1], h)]);
     return widget;
@@ -161,10 +165,15 @@ app.registerExtension({
             if (!detail || detail.node === undefined) return;
             const node = nodeByExecutionId(app.graph, detail.node);
             if (!node) return;
-            const widget = plotWidget(node);
-            widget.plot = addMessage(widget.plot, detail);
-            widget.redraw();
-            node.setDirtyCanvas(true, true);
+            // A failure here must not escape into the frontend's event dispatch; say whose it is.
+            try {
+                const widget = plotWidget(node);
+                addMessage(widget.plot, detail);
+                widget.redraw();
+                node.setDirtyCanvas(true, true);
+            } catch (error) {
+                console.error("FlashVAED.loss_plot: cannot show the message", detail, error);
+            }
         });
     },
 });

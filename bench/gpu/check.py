@@ -284,6 +284,16 @@ def seeded_pair(comfy: Comfy, family: str, width: int | None, seed: int = 0):
     return model.eval(), ours
 
 
+def import_training():
+    """The repository's `training` package. Importing ComfyUI took the repository root off sys.path (our
+    nodes/ would shadow ComfyUI's nodes.py); put it back at the END, where ComfyUI's own modules win."""
+    if str(REPO) not in sys.path:
+        sys.path.append(str(REPO))
+    import training.teacher
+
+    return training.teacher
+
+
 # ---- stage 1: correctness --------------------------------------------------------------------------------------
 
 
@@ -730,8 +740,6 @@ def stage_training(ctx) -> dict:
     from flash_vaed.distill.loop import DistillConfig
     from flash_vaed.distill.loop import run as distill_run
     from support.reference_weights import generate, load_manifest
-    from training.teacher import TeacherConfig
-    from training.teacher import run as teacher_run
 
     lines, rows = [], []
     data = ctx.clips
@@ -788,7 +796,8 @@ def stage_training(ctx) -> dict:
                 f"- the same with `--init auto` (pruned from the teacher), 2 steps: ran in "
                 f"{time.perf_counter() - t:.0f} s with set-up."
             )
-        tcfg = TeacherConfig(
+        teacher = import_training()
+        tcfg = teacher.TeacherConfig(
             data=str(data),
             out=str(tmp / "teacher"),
             steps=20 if not ctx.smoke else 2,
@@ -800,7 +809,7 @@ def stage_training(ctx) -> dict:
             device=str(ctx.device),
         )
         t = time.perf_counter()
-        result = teacher_run(tcfg)
+        result = teacher.run(tcfg)
         wall = time.perf_counter() - t
         hist = result["history"]
         per_step = [h["time_s"] for h in hist[2:]] or [h["time_s"] for h in hist]
@@ -901,9 +910,7 @@ def find_clips(arg: str | None) -> Path | None:
     if arg:
         return Path(arg)
     with contextlib.suppress(Exception):
-        from training.teacher import template_clips_dir
-
-        return Path(template_clips_dir())
+        return Path(import_training().template_clips_dir())
     return None
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# serve.sh start --run-dir DIR [--comfy ROOT] [--port 8188] [--models DIR] [--node PACK]... [--timeout S] [-- ARGS]
+# serve.sh start --run-dir DIR [--comfy ROOT] [--port 8188] [--models DIR] [--node PACK]... [--timeout S]
+#                [--frontend VERSION] [-- ARGS]
 #   Starts ComfyUI detached, waits for /object_info, prints its PID (also in DIR/comfyui.pid).
 # serve.sh stop DIR|PID
 #   SIGTERM, then SIGKILL after 20 s.

@@ -17,7 +17,8 @@ From a shell (``serve.sh`` is a thin wrapper around this)::
 A run directory is ComfyUI's ``--base-directory``: it holds ``custom_nodes/`` (one link per node pack),
 ``models`` (a link to the models folder, so a VAE goes in ``MODELS/vae/``), ``input/``, ``output/``,
 ``temp/``, ``user/`` (with the SQLite database) and ``comfyui.log``. The ComfyUI install itself is only
-read, so several servers can share it. Only the standard library is used, plus aiohttp (a ComfyUI
+read, so several servers can share it. ``frontend="1.58.1"`` serves that frontend (installed by
+``install_frontend.sh``) with ``--front-end-root`` instead of the one ComfyUI bundles. Only the standard library is used, plus aiohttp (a ComfyUI
 dependency) for the websocket and comfyui-autograph for UI-format workflows.
 """
 
@@ -59,6 +60,8 @@ OFFLINE_ENV = {
     "DO_NOT_TRACK": "1",
 }
 UI_ONLY_NODES = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
+# The newest frontend, pinned (version and hash) for install_frontend.sh, which puts it in a folder of its own.
+FRONTEND_REQUIREMENT = Path(__file__).with_name("requirements-frontend.txt")
 
 
 class ServerError(RuntimeError):
@@ -91,6 +94,31 @@ def comfy_root(explicit: str | os.PathLike | None = None) -> Path:
 def comfy_installed(root: Path | None = None) -> bool:
     root = root or comfy_root()
     return (root / "main.py").is_file() and (root / "comfy" / "sd.py").is_file()
+
+
+def pinned_frontend() -> str:
+    """The version of comfyui-frontend-package that requirements-frontend.txt pins (the newest tested)."""
+    for line in FRONTEND_REQUIREMENT.read_text().splitlines():
+        if line.startswith("comfyui-frontend-package=="):
+            return line.split("==", 1)[1].split()[0]
+    raise ValueError(f"{FRONTEND_REQUIREMENT} pins no comfyui-frontend-package version")
+
+
+def frontends_dir() -> Path:
+    """Where install_frontend.sh puts extra frontends: ``$FLASH_VAED_FRONTENDS``, else ``<repo>/.cache/frontends``."""
+    env = os.environ.get("FLASH_VAED_FRONTENDS")
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / ".cache" / "frontends"
+
+
+def frontend_root(version: str) -> Path:
+    """The static folder of an installed frontend ``version``, for ``--front-end-root``."""
+    static = frontends_dir() / version / "comfyui_frontend_package" / "static"
+    if not (static / "index.html").is_file():
+        raise FileNotFoundError(
+            f"frontend {version} is not installed in {static.parents[1]}: run tests/harness/install_frontend.sh "
+            "(or `make install-test`)"
+        )
+    return static
 
 
 def comfy_env() -> dict[str, str]:
@@ -221,9 +249,15 @@ def start(
     port: int | None = None,
     timeout_s: float = 180,
     python: str | None = None,
+    frontend: str | None = None,
 ) -> tuple[str, subprocess.Popen]:
-    """Start a server and wait until it answers; returns (url, process). Caller stops it with ``stop``."""
+    """Start a server and wait until it answers; returns (url, process). Caller stops it with ``stop``.
+
+    frontend: a version installed by install_frontend.sh, served instead of ComfyUI's bundled frontend.
+    """
     root = Path(root or comfy_root()).resolve()
+    if frontend is not None:
+        extra_args = ["--front-end-root", str(frontend_root(frontend)), *extra_args]
     run_dir = prepare_run_dir(run_dir, nodes, models_dir)
     for _attempt in range(3 if port is None else 1):
         chosen = port or free_port()
@@ -251,10 +285,12 @@ def comfy_server(
     run_dir: Path | None = None,
     extra_args: Iterable[str] = (),
     timeout_s: float = 180,
+    frontend: str | None = None,
 ) -> Iterator[str]:
     """A running ComfyUI on a free 127.0.0.1 port with ``nodes`` linked in; yields its URL, then stops it.
 
     run_dir: kept if given (its ``comfyui.log`` then outlives the server), else a temp dir removed at exit.
+    frontend: an installed frontend version to serve instead of the bundled one (see ``start``).
     """
     owned = run_dir is None
     run_dir = Path(tempfile.mkdtemp(prefix="flash-vaed-comfy-")) if owned else Path(run_dir)
@@ -267,6 +303,7 @@ def comfy_server(
             models_dir=models_dir,
             extra_args=extra_args,
             timeout_s=timeout_s,
+            frontend=frontend,
         )
         yield url
     finally:
@@ -532,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--models", type=Path, help="models folder, linked as RUN/models")
     st.add_argument("--node", type=Path, action="append", default=[], help="a node pack to link (repeatable)")
     st.add_argument("--timeout", type=float, default=180)
+    st.add_argument(
+        "--frontend", help=f"serve this installed frontend (install_frontend.sh), e.g. {pinned_frontend()}"
+    )
     st.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more main.py arguments")
     sp = sub.add_parser("stop", help="SIGTERM (SIGKILL after 20 s) the server of RUN_DIR or PID")
     sp.add_argument("target")
@@ -557,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _url, proc = start(
             a.comfy, run_dir=a.run_dir, nodes=a.node, models_dir=a.models, extra_args=extra, port=a.port,
-            timeout_s=a.timeout,
+            timeout_s=a.timeout, frontend=a.frontend,
         )  # fmt: skip
     except (ServerError, OSError) as e:
         log.error("%s", e)
