@@ -1,4 +1,4 @@
-"""Flash-VAED: fast drop-in video VAE decoders for Wan 2.1/2.2 and LTX-Video latents.
+"""Flash-VAED: fast drop-in video VAE decoders for Wan 2.1/2.2, LTX-Video and LTX-2 latents.
 
     from flash_vaed import load_decoder
     dec = load_decoder("wan_2.1_vae.safetensors")

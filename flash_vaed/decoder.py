@@ -9,8 +9,8 @@ from typing import Literal, TypeVar
 import torch
 from torch import nn
 
-from .arch.ltx import DECODE_NOISE_SCALE as LTX_DECODE_NOISE_SCALE
-from .arch.ltx import DECODE_TIMESTEP as LTX_DECODE_TIMESTEP
+from .arch.ltx import DECODE_NOISE_SCALE as LTX_DECODE_NOISE_SCALE  # noqa: F401 (flash_vaed.quality)
+from .arch.ltx import DECODE_TIMESTEP as LTX_DECODE_TIMESTEP  # noqa: F401
 from .arch.ltx import mix_decode_noise
 from .arch.protocol import DecoderModule
 from .engine.decode import DecodePlan, ProgressFn, frames_of_latents, run_decode
@@ -19,7 +19,7 @@ from .engine.memory import DecoderProfile, profile_module
 from .engine.state import DecodeState
 from .engine.tiles import Tile
 from .latents import LatentNorm, check_latents
-from .policy import decode_with_fallback
+from .policy import decode_with_fallback, useful_plan
 from .spec import Family
 
 Wrapper = TypeVar("Wrapper", bound="RunsOnModule")
@@ -55,7 +55,7 @@ class RunsOnModule:
 class FlashDecoder(RunsOnModule):
     """A decoder ready to run.
 
-    family:  the latent space it reads ("wan21" | "wan22" | "ltxv").
+    family:  the latent space it reads ("wan21" | "wan22" | "ltxv" | "ltx2").
     role:    "teacher" (an original VAE decoder) or "student" (a Flash-VAED decoder).
     module:  the decoder module (`arch.protocol.DecoderModule`); raw latents in, frames out.
     latent_norm: converts ComfyUI-space latents to the module's raw latents (LTX), or None (Wan).
@@ -93,8 +93,8 @@ class FlashDecoder(RunsOnModule):
         tile_px: int | None = None,
         overlap_px: int | None = None,
         on_progress: ProgressFn | None = None,
-        timestep: float = LTX_DECODE_TIMESTEP,
-        noise_scale: float = LTX_DECODE_NOISE_SCALE,
+        timestep: float | None = None,
+        noise_scale: float | None = None,
         generator: torch.Generator | None = None,
         out_device: torch.device | str | None = None,
         available_bytes: int | None = None,
@@ -109,12 +109,16 @@ class FlashDecoder(RunsOnModule):
                  at once (chunk_frames: latent frames per streaming step; tile_px, overlap_px: spatial
                  tiles in output pixels).
         on_progress(done, total): called after each chunk of each tile; raise from it to stop.
-        timestep, noise_scale, generator: LTX 0.9.1+ only, ComfyUI's decode noise; noise_scale=0 is
-                 deterministic, a seeded generator reproduces a seeded ComfyUI decode.
+        timestep, noise_scale, generator: timestep-conditioned LTX decoders only (LTX-Video 0.9.1+, LTX-2
+                 variants), ComfyUI's decode noise; default the decoder's own values (ComfyUI's 0.05 / 0.025
+                 unless an LTX-2 config sets others). noise_scale=0 is deterministic, a seeded generator
+                 reproduces a seeded ComfyUI decode.
         available_bytes: free memory on the output device (default: measured); a decode whose output
                  alone exceeds it is refused with `OutputTooLargeError` before anything is allocated.
         Returns float32 (B, 3, T_out, H_out, W_out) in about [-1, 1] (not clamped).
         """
+        timestep = self.module.decode_timestep if timestep is None else timestep
+        noise_scale = self.module.decode_noise_scale if noise_scale is None else noise_scale
         keywords = (chunk_frames, tile_px, overlap_px)
         if plan is not None and keywords != (None, None, None):
             raise TypeError("give decode() either a plan or chunk_frames / tile_px / overlap_px, not both")
@@ -124,8 +128,8 @@ class FlashDecoder(RunsOnModule):
             return decode_with_fallback(
                 self, latents, "auto", on_progress, available_bytes=available_bytes, **options
             ).frames
-        plan = DecodePlan(*keywords) if plan is None else plan
         check_latents(latents, self.family)
+        plan = useful_plan(DecodePlan(*keywords) if plan is None else plan, self.module, latents.shape[2])
         check_output_fits(self._output_shape(latents.shape), out_device or self.device, available_bytes)
         z = latents.to(device=self.device, dtype=torch.float32)
         region = _Region(self, timestep, noise_scale, generator)

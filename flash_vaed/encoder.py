@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .arch.ltx2 import family_of_config
 from .arch.ltx_encoder import V2_ENCODER_KEY, LTXTeacherEncoder
 from .arch.wan_encoder import WanEncoder
-from .checkpoint.io import TensorSource, from_state_dict, open_tensors
+from .checkpoint.io import TensorSource
 from .checkpoint.load import (
     LTX_STATS,
     Layouts,
@@ -46,6 +47,7 @@ from .checkpoint.load import (
     ours,
     owned,
     read_latent_norm,
+    tensor_source,
 )
 from .checkpoint.wan_keys import diffusers_wan_encoder_to_original
 from .decoder import RunsOnModule
@@ -68,7 +70,7 @@ class FrameError(FlashVAEDError, ValueError):
 class FlashEncoder(RunsOnModule):
     """A teacher's encoder ready to run.
 
-    family:  the latent space it writes ("wan21" | "wan22" | "ltxv").
+    family:  the latent space it writes ("wan21" | "wan22" | "ltxv" | "ltx2").
     module:  the torch module: frames in [-1, 1] in, raw latent means out.
     latent_norm: turns raw means into ComfyUI's LATENT (LTX: the file's statistics), or None (Wan: raw).
     layout:  name of the checkpoint layout it was loaded from.
@@ -102,7 +104,7 @@ class FlashEncoder(RunsOnModule):
             if keep != size and keep > 0:
                 frames = frames.narrow(dim, (size % s) // 2, keep)
         t = frames.shape[2]
-        if self.family is not Family.LTXV and t > 0 and (t - 1) % self.time_stride:
+        if not self.family.is_ltx and t > 0 and (t - 1) % self.time_stride:
             keep = (t - 1) // self.time_stride * self.time_stride + 1
             log.warning(
                 "Wan encode: %d frames is not 4k+1; the last %d are dropped, as ComfyUI does", t, t - keep
@@ -115,11 +117,11 @@ class FlashEncoder(RunsOnModule):
         _check_layout(frames)
         _, _, t, h, w = frames.shape
         ts, s = self.time_stride, self.space_stride
-        name = {Family.WAN21: "Wan 2.1", Family.WAN22: "Wan 2.2", Family.LTXV: "LTX-Video"}[self.family]
+        name = self.family.title
         if t < 1 or (t - 1) % ts:
             fix = (
                 "ComfyUI refuses other counts too; trim or pad the clip"
-                if self.family is Family.LTXV
+                if self.family.is_ltx
                 else "crop=True drops the trailing frames, as ComfyUI does"
             )
             raise FrameError(
@@ -156,7 +158,7 @@ class FlashEncoder(RunsOnModule):
             frames = self.fit_frames(frames)
         self.check_frames(frames)
         x = frames.to(device=self.device, dtype=self.dtype)
-        if self.family is Family.LTXV:
+        if self.family.is_ltx:
             raw = self.module(x).float()
             if on_progress is not None:
                 on_progress(1, 1)
@@ -231,13 +233,14 @@ def _ltx_recipe(src: TensorSource) -> Recipe:
     config = ltx_metadata_config(src)
     if not all(k in src for k in LTX_STATS):
         raise CheckpointError(
-            f"{src.origin}: an LTX-Video VAE without per_channel_statistics (mean-of-means / std-of-means); "
+            f"{src.origin}: an LTX VAE without per_channel_statistics (mean-of-means / std-of-means); "
             "they turn the encoder's raw means into ComfyUI's normalized latents. Use the full VAE file."
         )
     keys = owned(src, "encoder.")
     if config and config.get("encoder_blocks", config.get("blocks")):
-        # the file describes itself, as ComfyUI's checkpoint loaders read it
-        base = src.shapes.get("encoder.conv_in.conv.weight", (128,))[0]
+        # the file describes itself, as ComfyUI's loaders read it; LTX-2 configs name the encoder's width
+        base = config.get("encoder_base_channels", src.shapes.get("encoder.conv_in.conv.weight", (128,))[0])
+        family = family_of_config(config)
 
         def build() -> nn.Module:
             try:
@@ -248,7 +251,8 @@ def _ltx_recipe(src: TensorSource) -> Recipe:
                     f"library cannot build ({err})"
                 ) from err
 
-        return Recipe("ltxv-encoder (config)", Family.LTXV, "teacher", build, src, keys, LTX_STATS)
+        name = f"{'ltx2' if family is Family.LTX2 else 'ltxv'}-encoder (config)"
+        return Recipe(name, family, "teacher", build, src, keys, LTX_STATS)
     version = 2 if V2_ENCODER_KEY in src else 0
     padding = (config or {}).get("spatial_padding_mode", "zeros")
     name = "ltxv-0.9.5-encoder" if version == 2 else "ltxv-0.9.0/0.9.1-encoder"
@@ -308,14 +312,14 @@ def build_encoder(
 
 
 def load_encoder(
-    source: str | os.PathLike | Mapping[str, torch.Tensor],
+    source: str | os.PathLike | Mapping[str, torch.Tensor] | TensorSource,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> FlashEncoder:
-    """Load a teacher's encoder from a VAE file (.safetensors/.pth/...), a diffusers Wan folder, or a state
-    dict (keys may carry a `vae.` prefix). Strict: missing or unexpected encoder keys raise CheckpointError.
+    """Load a teacher's encoder from a VAE file (.safetensors/.pth/...), a diffusers Wan folder, a state
+    dict (keys may carry a `vae.` prefix) or a `TensorSource` (a state dict with its file's metadata, see
+    `load_decoder`). Strict: missing or unexpected encoder keys raise CheckpointError.
 
     Only the encoder's tensors are read (plus LTX's latent statistics); the decoder stays on disk.
     """
-    src = from_state_dict(source) if isinstance(source, Mapping) else open_tensors(source)
-    return build_encoder(src, device, dtype)
+    return build_encoder(tensor_source(source), device, dtype)

@@ -23,7 +23,7 @@ _CHANNEL_GUESSES = {
     32: "HunyuanVideo 1.5 or a DC-AE image VAE",
     48: "Wan 2.2 TI2V-5B",
     64: "Flux 2 / Qwen-Image (packed)",
-    128: "LTX-Video",
+    128: "LTX-Video 0.9 or LTX-2",
 }
 
 

@@ -33,6 +33,7 @@ from .engine.limits import available_bytes
 from .engine.memory import DecoderProfile
 
 if TYPE_CHECKING:
+    from .arch.protocol import DecoderModule
     from .decoder import FlashDecoder
 
 log = logging.getLogger(__name__)
@@ -78,14 +79,43 @@ def estimate_bytes(
     return int(total)
 
 
-def candidate_plans(latent_shape: Sequence[int], space_stride: int) -> Iterator[DecodePlan]:
-    """Plans from fastest to leanest: whole, then shorter chunks, then smaller tiles with shorter chunks."""
+def chunks_help(chunk: int, frames: int, temporal_context: tuple[int, int] | None = None) -> bool:
+    """Whether decoding `chunk` of `frames` latent frames at a time holds less than the whole clip.
+
+    temporal_context: None for causal decoders (a stream holds only its chunk); a non-causal decoder's
+    (before, after): its windows add that much context on both sides (at least one frame before), so a
+    window as long as the clip decodes the whole clip again for every chunk, for nothing. Decoders whose
+    norms pool over the whole clip have an infinite context: chunks never help them.
+    """
+    if temporal_context is None:
+        return chunk < frames
+    before, after = temporal_context
+    return chunk + max(1, before) + after < frames
+
+
+def useful_plan(plan: DecodePlan, module: DecoderModule, frames: int) -> DecodePlan:
+    """`plan` without a chunking that cannot help (`chunks_help`): the same frames, decoded once."""
+    if module.causal or plan.chunk_frames is None:
+        return plan
+    if chunks_help(plan.chunk_frames, frames, module.temporal_context):
+        return plan
+    return DecodePlan(None, plan.tile_px, plan.overlap_px)
+
+
+def candidate_plans(
+    latent_shape: Sequence[int], space_stride: int, temporal_context: tuple[int, int] | None = None
+) -> Iterator[DecodePlan]:
+    """Plans from fastest to leanest: whole, then shorter chunks, then smaller tiles with shorter chunks.
+
+    temporal_context: a non-causal decoder's (before, after) window context (None: causal); chunks whose
+    windows would span the whole clip are left out (`chunks_help`)."""
     t, h, w = latent_shape[2], latent_shape[3], latent_shape[4]
     chunks: list[int | None] = [None]
     c = t
     while c > 1:
         c = math.ceil(c / 2)
-        chunks.append(c)
+        if chunks_help(c, t, temporal_context):
+            chunks.append(c)
     chunks = list(dict.fromkeys(chunks))
     yield from (DecodePlan(chunk_frames=c) for c in chunks)
     side_px, min_px = max(h, w) * space_stride, MIN_TILE_STRIDES * space_stride
@@ -114,7 +144,7 @@ def choose_plan(
     profile = decoder.memory_profile
     budget = HEADROOM * free_bytes
     plan = DecodePlan()
-    for plan in candidate_plans(latent_shape, profile.space_stride):
+    for plan in candidate_plans(latent_shape, profile.space_stride, _context(decoder.module)):
         if estimate_bytes(profile, latent_shape, dtype, plan, output_on_device=output_on_device) <= budget:
             return plan
     return plan
@@ -148,11 +178,23 @@ class DecodeResult:
         return len(self.attempts) - 1
 
 
-def smaller_plan(plan: DecodePlan, latent_shape: Sequence[int], space_stride: int) -> DecodePlan | None:
-    """The next leaner plan after an OOM, or None when `plan` is already one frame on the smallest tile."""
+def _context(module: DecoderModule) -> tuple[int, int] | None:
+    return None if module.causal else module.temporal_context
+
+
+def smaller_plan(
+    plan: DecodePlan,
+    latent_shape: Sequence[int],
+    space_stride: int,
+    temporal_context: tuple[int, int] | None = None,
+) -> DecodePlan | None:
+    """The next leaner plan after an OOM, or None when `plan` is already one frame on the smallest tile.
+
+    temporal_context: as for `candidate_plans`; where halving the chunk cannot help, tiles shrink instead
+    (with whole-clip windows)."""
     t, h, w = latent_shape[2], latent_shape[3], latent_shape[4]
     chunk = t if plan.chunk_frames is None else min(plan.chunk_frames, t)
-    if chunk > 1:
+    if chunk > 1 and chunks_help(math.ceil(chunk / 2), t, temporal_context):
         return DecodePlan(math.ceil(chunk / 2), plan.tile_px, plan.overlap_px)
     min_tile = MIN_TILE_STRIDES * space_stride
     current = (
@@ -161,6 +203,7 @@ def smaller_plan(plan: DecodePlan, latent_shape: Sequence[int], space_stride: in
     if current <= min_tile:
         return None
     tile = max(min_tile, (current // 2) // space_stride * space_stride)
+    lean_chunk = 1 if chunks_help(1, t, temporal_context) else None
     if plan.tile_px is None:
         overlap = tile // 4
     else:  # keep the user's overlap ratio
@@ -170,7 +213,7 @@ def smaller_plan(plan: DecodePlan, latent_shape: Sequence[int], space_stride: in
                 (plan.overlap_px if plan.overlap_px is not None else plan.tile_px // 4) * tile / plan.tile_px
             ),
         )
-    return DecodePlan(1, tile, overlap)
+    return DecodePlan(lean_chunk, tile, overlap)
 
 
 def decode_with_fallback(
@@ -207,7 +250,7 @@ def decode_with_fallback(
         except Exception as err:
             if not is_oom(err):
                 raise
-            lean = smaller_plan(plan, latents.shape, stride)
+            lean = smaller_plan(plan, latents.shape, stride, _context(decoder.module))
             if lean is None:
                 log.error("out of memory even with %s; giving up", plan)
                 raise

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .arch.ltx_student import LTXStudentSpec
+from .arch.ltx2 import LTX2DecoderConfig, LTX2TeacherDecoder, released_decoder_config
+from .arch.ltx_student import LTXStudentSpec, StudentStage
 from .spec import DecoderSpec, Family, Op, StageSpec
 
 AnySpec = DecoderSpec | LTXStudentSpec
@@ -72,6 +73,71 @@ def tiny_half() -> DecoderSpec:
     return DecoderSpec(Family.WAN21, 8, op_d, stages, name="tiny-half")
 
 
+def ltx2_recipe(teacher: LTX2TeacherDecoder | LTX2DecoderConfig | None = None) -> LTXStudentSpec:
+    """An LTX-2 student by the paper's LTX recipe, as the official LTX-Video student applies it to its
+    teacher: the decoder's segments (the resnets between two upsamples) below half the output resolution
+    at the teacher's full width as depthwise-separable 3D; the half-resolution segments at a quarter of the
+    teacher's width as full 3D, and the full-resolution segment at a quarter as per-frame 2D, both with
+    LayerNorm + 1x1 shortcuts (the official student's 64 of 256 and 32 of 128 channels). Resnets per
+    segment and upsamples (strides, and the narrowing of LTX-2's channel multipliers) are the teacher's, so
+    that every student module is pruned from its teacher counterpart.
+
+    teacher: the LTX-2 teacher (or its config) to follow; None: the LTX-2.3 layout (also the LTX-2.5 conv
+    VAE's). Raises ValueError for a teacher whose width changes inside a segment (res_x_y blocks).
+    """
+    if teacher is None:
+        cfg = LTX2DecoderConfig.from_comfy_config(released_decoder_config("ltx-2.3"))
+    else:
+        cfg = teacher.config if isinstance(teacher, LTX2TeacherDecoder) else teacher
+    segments: list[list[int]] = [[0, cfg.first_channels]]  # resnets, width
+    ups: list[tuple[tuple[int, int, int], int]] = []  # stride, space scale after it
+    width, scale = cfg.first_channels, 1
+    for block in reversed(cfg.blocks):
+        if block.kind == "res_x":
+            segments[-1][0] += block.layers
+        elif block.kind == "res_x_y":
+            raise ValueError(
+                "the LTX-2 recipe follows teachers whose width changes at their upsamples; this one has a "
+                "res_x_y block (an LTX-Video 0.9 layout: use ltx-official)"
+            )
+        else:
+            width //= block.multiplier
+            scale *= block.stride[1]
+            ups.append((block.stride, scale))
+            segments.append([0, width])
+
+    def fraction(i: int) -> float:  # the segment's spatial resolution over the output's (before the patch)
+        return (ups[i - 1][1] if i else 1) / scale
+
+    stages = []
+    for i in range(1, len(segments)):
+        layers, teacher_width = segments[i]
+        deep = fraction(i) < 0.5
+        op = Op.DEPTHWISE_3D if deep else Op.FULL_3D if fraction(i) < 1 else Op.FRAME_2D
+        stage_width = teacher_width if deep else max(1, teacher_width // 4)
+        stages.append(
+            StudentStage(stage_width, layers, op, shortcut=not deep, up_stride=ups[i - 1][0], up_narrows=True)
+        )
+    variant = cfg.variant
+    name = {"ltx-2.3": "ltx2-recipe", "ltx-2.0": "ltx20-recipe"}.get(variant or "", "ltx2-recipe-derived")
+    return LTXStudentSpec(
+        mid_width=cfg.first_channels,
+        mid_layers=segments[0][0],
+        mid_op=Op.DEPTHWISE_3D,
+        stages=tuple(stages),
+        latent_channels=cfg.latent_channels,
+        out_channels=cfg.out_channels,
+        patch_size=cfg.patch_size,
+        name=name,
+        family=Family.LTX2,
+    )
+
+
+def ltx20_recipe() -> LTXStudentSpec:
+    """`ltx2_recipe` for the LTX-2.0 video VAE's layout."""
+    return ltx2_recipe(LTX2DecoderConfig.from_comfy_config(released_decoder_config("ltx-2.0")))
+
+
 PRESETS: dict[str, Callable[[], AnySpec]] = {
     "wan21-official": DecoderSpec.flashvaed_wan21,
     "wan21-wide": wan21_wide,
@@ -82,6 +148,8 @@ PRESETS: dict[str, Callable[[], AnySpec]] = {
     "tiny-half": tiny_half,
     "ltx-official": LTXStudentSpec.official,
     "ltx-tiny": LTXStudentSpec.tiny,
+    "ltx2-recipe": ltx2_recipe,
+    "ltx20-recipe": ltx20_recipe,
 }
 
 
@@ -140,15 +208,21 @@ def format_spec(spec: DecoderSpec) -> str:
     return "/".join(parts)
 
 
-# What "auto" (and "official") means for a family without a released student
-AUTO = {Family.WAN22: wan22_recipe}
+# What "auto" (and "official") means for a family without a released student: a recipe, given the teacher
+AUTO: dict[Family, Callable[[object], AnySpec]] = {
+    Family.WAN22: lambda teacher: wan22_recipe(),
+    Family.LTX2: lambda teacher: ltx2_recipe(teacher if isinstance(teacher, LTX2TeacherDecoder) else None),
+}
 
 
-def resolve_spec(preset: str, family: Family = Family.WAN21) -> AnySpec:
-    """A preset name from PRESETS, "auto" for a family in AUTO, or a custom Wan-family layout line."""
+def resolve_spec(preset: str, family: Family = Family.WAN21, teacher: object = None) -> AnySpec:
+    """A preset name from PRESETS, "auto" for a family in AUTO, or a custom Wan-family layout line.
+
+    teacher: the teacher's decoder module, which "auto" follows where the recipe depends on its layout
+    (LTX-2: 2.0 and 2.3 differ); None: the recipe's default layout."""
     key = preset.strip()
     if key in ("auto", "official") and family in AUTO:
-        return AUTO[family]()
+        return AUTO[family](teacher)
     if key in PRESETS:
         return PRESETS[key]()
     if ":" in key:

@@ -14,23 +14,40 @@ from dataclasses import dataclass
 
 
 class Family(str, enum.Enum):
-    """The latent space a decoder reads. The value is what ComfyUI users and files call it."""
+    """The latent space a decoder reads. The value is what ComfyUI users and files call it.
+
+    LTX-Video 0.9 (LTXV) and LTX-2 (LTX2: LTX-2.0, 2.3, the LTX-2.5 conv VAE) latents have the same shape
+    and convention (128 normalized channels, 8x time, 32x space) but are different latent spaces: a decoder
+    of one turns the other's latents into garbage. ComfyUI's LATENT carries no family, so the shape cannot
+    tell them apart; the family travels with every decoder, student file and distillation instead.
+    """
 
     WAN21 = "wan21"
     WAN22 = "wan22"
     LTXV = "ltxv"
+    LTX2 = "ltx2"
+
+    @property
+    def is_ltx(self) -> bool:
+        """An LTX VAE's latent space: normalized latents, non-causal decoders, 8x time, 32x space."""
+        return self in (Family.LTXV, Family.LTX2)
+
+    @property
+    def title(self) -> str:
+        """The name people know the model family by."""
+        return {"wan21": "Wan 2.1", "wan22": "Wan 2.2", "ltxv": "LTX-Video 0.9", "ltx2": "LTX-2"}[self.value]
 
     @property
     def latent_channels(self) -> int:
-        return {"wan21": 16, "wan22": 48, "ltxv": 128}[self.value]
+        return {"wan21": 16, "wan22": 48, "ltxv": 128, "ltx2": 128}[self.value]
 
     @property
     def time_stride(self) -> int:
-        return 8 if self is Family.LTXV else 4
+        return 8 if self.is_ltx else 4
 
     @property
     def space_stride(self) -> int:
-        return {"wan21": 8, "wan22": 16, "ltxv": 32}[self.value]
+        return {"wan21": 8, "wan22": 16, "ltxv": 32, "ltx2": 32}[self.value]
 
     def frames_out(self, latent_frames: int) -> int:
         """Video frames decoded from `latent_frames` latent frames (the first latent frame is one frame)."""

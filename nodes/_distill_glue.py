@@ -6,6 +6,7 @@ The training is `flash_vaed.distill.job.run_job` (and through it the same `loop.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,8 @@ import folder_paths
 import torch
 from server import PromptServer
 
+from ..flash_vaed.checkpoint.io import open_tensors
+from ..flash_vaed.checkpoint.load import strip_model_prefix
 from ..flash_vaed.distill.job import (
     DistillJob,
     JobError,
@@ -40,7 +43,7 @@ def video_folder_names() -> list[str]:
 
 
 def preset_names() -> list[str]:
-    """ "auto" (the official student layout of the teacher's family), then flash_vaed.presets."""
+    """ "auto" (the official student layout of the teacher's family, or its recipe), then flash_vaed.presets."""
     return ["auto", *PRESETS]
 
 
@@ -63,14 +66,27 @@ def check_folder(videos: str | None) -> bool | str:
     return True
 
 
-def vae_weights(vae) -> Mapping[str, torch.Tensor]:
-    """The stock VAE's weights in its checkpoint's original key layout (what ComfyUI built it from)."""
-    if hasattr(vae, "flash"):  # our drop-in VAE (Load Flash-VAED): a student, not a teacher
-        raise JobError(
-            "teacher_vae is the VAE output of Load Flash-VAED (a Flash-VAED decoder); connect the original VAE "
-            "of your model from Load VAE"
-        )
-    return vae.first_stage_model.state_dict()
+def vae_weights(vae) -> tuple[Mapping[str, torch.Tensor], dict[str, str] | None]:
+    """The teacher VAE's weights in its checkpoint's original key layout (what ComfyUI built it from), and
+    the metadata the state dict alone lacks: the VAE config that newer ComfyUI builds LTX-2 VAEs from.
+
+    Load Flash-VAED's VAE output counts as a teacher when its file is an original VAE (ComfyUI 0.3.75's
+    Load VAE cannot open LTX-2 files; Load Flash-VAED can): its VAE tensors and metadata are read from that
+    file. A Flash-VAED student is refused."""
+    flash = getattr(vae, "flash", None)  # our drop-in VAE (Load Flash-VAED)
+    if flash is not None:
+        if flash.decoder.role != "teacher":
+            raise JobError(
+                f"teacher_vae is the VAE output of Load Flash-VAED with {flash.name}, a Flash-VAED student; "
+                "connect the original VAE of your model (Load VAE, or Load Flash-VAED with the original VAE "
+                "file)"
+            )
+        src = strip_model_prefix(open_tensors(_glue.resolve_decoder_path(flash.name)))
+        return src.load(sorted(src.keys())), src.metadata or None
+    model = vae.first_stage_model
+    config = getattr(model, "config", None)  # newer ComfyUI keeps the config an LTX VAE was built from
+    metadata = {"config": json.dumps({"vae": config})} if isinstance(config, dict) else None
+    return model.state_dict(), metadata
 
 
 def _send(message: dict) -> None:
@@ -112,7 +128,7 @@ def distill(
     job = DistillJob(
         students_dir(), data=folder, frames=images, device=str(mm.get_torch_device()), **settings
     )
-    weights = vae_weights(vae)
+    weights, metadata = vae_weights(vae)
     mm.unload_all_models()  # the diffusion model (and every other) leaves the GPU for the training
     mm.soft_empty_cache()
     result = run_job(
@@ -120,6 +136,7 @@ def distill(
         weights,
         on_progress=_glue.comfy_progress(),
         on_losses=lambda *step: _send(loss_message(node_id, *step)),
+        vae_metadata=metadata,
     )
     _send(done_message(node_id, result.student_path.name))
     name, text = result.student_path.name, summary(result)

@@ -28,13 +28,16 @@ from ..flash_vaed.spec import Family
 
 log = logging.getLogger(__name__)
 
-FOLDER = "flash_vaed"  # models/flash_vaed; models/vae is listed too
+FOLDER = "flash_vaed"  # models/flash_vaed; models/vae is listed too, then models/checkpoints
+# where the original VAEs are: standalone files, and all-in-one checkpoints (LTX-2's templates load only one)
+VAE_FOLDERS = ("vae", "checkpoints")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # What ComfyUI's own VAE lets each family run in (comfy/sd.py working_dtypes): LTX-Video overflows in fp16.
 WORKING_DTYPES = {
     Family.WAN21: [torch.bfloat16, torch.float16, torch.float32],
     Family.WAN22: [torch.bfloat16, torch.float16, torch.float32],
     Family.LTXV: [torch.bfloat16, torch.float32],
+    Family.LTX2: [torch.bfloat16, torch.float32],
 }
 MODES = ("auto", "whole", "causal", "tiled")
 
@@ -57,14 +60,19 @@ def register_model_folder() -> None:
 
 
 def decoder_names() -> list[str]:
-    """The official checkpoints (downloaded on first use), then every file in models/flash_vaed and models/vae."""
+    """The official checkpoints (downloaded on first use), then every file in models/flash_vaed and models/vae,
+    then the all-in-one checkpoints of models/checkpoints (whose VAE is read from inside them)."""
     found = set(folder_paths.get_filename_list(FOLDER)) | set(folder_paths.get_filename_list("vae"))
-    return list(OFFICIAL) + sorted(found - set(OFFICIAL))
+    checkpoints = set(folder_paths.get_filename_list("checkpoints")) - found - set(OFFICIAL)
+    return list(OFFICIAL) + sorted(found - set(OFFICIAL)) + sorted(checkpoints)
 
 
 def resolve_decoder_path(name: str) -> Path:
-    """The file `name` in models/flash_vaed or models/vae; an official one is downloaded when missing."""
-    roots = folder_paths.get_folder_paths(FOLDER) + folder_paths.get_folder_paths("vae")
+    """The file `name` in models/flash_vaed, models/vae or models/checkpoints; an official one is downloaded
+    when missing."""
+    roots = folder_paths.get_folder_paths(FOLDER)
+    for folder in VAE_FOLDERS:
+        roots += folder_paths.get_folder_paths(folder)
     for root in roots:
         path = safe_child(root, name)  # raises for names that leave the folder
         if path.is_file():

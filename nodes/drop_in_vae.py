@@ -23,10 +23,25 @@ import comfy.model_management as mm
 import comfy.sd
 import torch
 
+from ..flash_vaed.arch.ltx2 import family_of_config
 from ..flash_vaed.engine.decode import DecodePlan
 from ..flash_vaed.policy import estimate_bytes
 from ..flash_vaed.spec import Family
 from . import _glue
+
+
+def vae_family(vae) -> Family | None:
+    """The latent family of a ComfyUI VAE where it can be told apart from another of the same shape: ours (Load
+    Flash-VAED's), or an LTX VAE by the config ComfyUI built it from (newer ComfyUI keeps it on the model;
+    without one, ComfyUI builds an LTX-Video 0.9 VAE); None for the others (their channels tell them apart)."""
+    flash = getattr(vae, "flash", None)
+    if flash is not None:
+        return flash.family
+    model = getattr(vae, "first_stage_model", None)
+    if model is None or not hasattr(model, "per_channel_statistics"):  # not ComfyUI's LTX VideoVAE
+        return None
+    config = getattr(model, "config", None)
+    return family_of_config(config) if isinstance(config, dict) else Family.LTXV
 
 
 class TeacherVAEMissing(RuntimeError):
@@ -44,6 +59,13 @@ class FlashVAE(comfy.sd.VAE):
                 f"teacher_vae makes {getattr(teacher, 'latent_channels', '?')}-channel latents, but {model.name} "
                 f"decodes {family.value} latents ({family.latent_channels} channels): connect the VAE of the same "
                 "model family (e.g. wan_2.1_vae for Flash_VAED_Wan, the LTX-Video VAE for Flash_VAED_LTX)"
+            )
+        teacher_family = vae_family(teacher) if teacher is not None else None
+        if teacher_family is not None and teacher_family is not family:
+            raise ValueError(
+                f"teacher_vae encodes {teacher_family.title} latents, but {model.name} decodes {family.title} "
+                "latents: the same shape, another latent space, so its frames would be garbage. Connect the VAE "
+                "of the same model (for LTX-2, Load Flash-VAED's VAE output with the LTX-2 VAE file works too)"
             )
         self.flash = model
         self.teacher = teacher

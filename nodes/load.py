@@ -17,22 +17,25 @@ class FlashVAEDLoad(io.ComfyNode):
             display_name="Load Flash-VAED",
             category="latent/video",
             description=(
-                "Loads a Flash-VAED decoder (or an original Wan 2.1/2.2 or LTX-Video VAE as its teacher) from "
-                "models/flash_vaed or models/vae. The official Flash_VAED_Wan.pth / Flash_VAED_LTX.pth are "
+                "Loads a Flash-VAED decoder (or an original Wan 2.1/2.2, LTX-Video 0.9 or LTX-2 video VAE as "
+                "its teacher) from models/flash_vaed, models/vae or an all-in-one checkpoint in "
+                "models/checkpoints. The official Flash_VAED_Wan.pth / Flash_VAED_LTX.pth are "
                 "downloaded from Hugging Face (Aoko955/Flash-VAED) into models/flash_vaed on first use. "
                 "Outputs the decoder for Flash-VAED Decode and a drop-in VAE for VAE Decode and other VAE nodes."
             ),
             inputs=[
                 io.Combo.Input(
                     "decoder_name", options=_glue.decoder_names(), default="Flash_VAED_Wan.pth",
-                    tooltip="Decoder file in models/flash_vaed or models/vae. The family (Wan 2.1, Wan 2.2, "
-                            "LTX-Video) is detected from the weights. Flash_VAED_Wan.pth / Flash_VAED_LTX.pth are "
-                            "downloaded when missing.",
+                    tooltip="Decoder file in models/flash_vaed or models/vae, or an all-in-one checkpoint in "
+                            "models/checkpoints (its VAE decoder is read). The family (Wan 2.1, Wan 2.2, "
+                            "LTX-Video 0.9, LTX-2) is detected from the weights and the file's metadata. "
+                            "Flash_VAED_Wan.pth / Flash_VAED_LTX.pth (an LTX-Video 0.9 student: not for LTX-2 "
+                            "latents) are downloaded when missing.",
                 ),
                 io.Combo.Input(
                     "dtype", options=["auto", "fp32", "bf16", "fp16"], default="auto",
                     tooltip="Precision the decoder runs in. auto: what ComfyUI picks for this family's VAE on "
-                            "your device (fp32 on CPU, bf16 or fp16 on most GPUs; never fp16 for LTX-Video).",
+                            "your device (fp32 on CPU, bf16 or fp16 on most GPUs; never fp16 for LTX).",
                 ),
                 io.Vae.Input(
                     "teacher_vae", optional=True,
@@ -54,8 +57,9 @@ class FlashVAEDLoad(io.ComfyNode):
         if decoder_name in _glue.decoder_names():
             return True
         return (
-            f"decoder_name {decoder_name!r} is not a file in models/flash_vaed or models/vae (names that "
-            "leave those folders are refused); pick one from the list or refresh it (R)"
+            f"decoder_name {decoder_name!r} is not a file in models/flash_vaed, models/vae or "
+            "models/checkpoints (names that leave those folders are refused); pick one from the list or "
+            "refresh it (R)"
         )
 
     @classmethod

@@ -26,7 +26,9 @@ class FlashVAEDPruneDistill(io.ComfyNode):
                 io.Vae.Input(
                     "teacher_vae",
                     tooltip="The original VAE of your model (Load VAE): the teacher. Its weights are used as "
-                            "loaded; its encoder makes the training latents.",
+                            "loaded; its encoder makes the training latents. Load Flash-VAED's VAE output "
+                            "works too when it loaded an original VAE file (LTX-2 on ComfyUI versions whose "
+                            "Load VAE cannot open LTX-2 files).",
                 ),
                 io.Combo.Input(
                     "videos", options=glue.video_folder_names(),
@@ -38,8 +40,10 @@ class FlashVAEDPruneDistill(io.ComfyNode):
                 io.Combo.Input(
                     "preset", options=glue.preset_names(), default="auto",
                     tooltip="Student layout. auto: the official Flash-VAED layout of the teacher's family "
-                            "(Wan 2.1 / LTX-Video); wan21-wide / -narrow: wider or narrower Wan 2.1 students; "
-                            "tiny: a test-sized student of any family (the only one for Wan 2.2 so far).",
+                            "(Wan 2.1 / LTX-Video 0.9), or the paper's recipe where none was released (Wan 2.2: "
+                            "wan22-recipe; LTX-2: ltx2-recipe, following the teacher's layout); wan21-wide / "
+                            "-narrow: wider or narrower Wan 2.1 students; tiny: a test-sized student of any "
+                            "family.",
                 ),
                 io.Int.Input(
                     "steps", default=2000, min=1, max=1_000_000,

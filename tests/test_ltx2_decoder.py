@@ -23,6 +23,7 @@ from flash_vaed.arch.ltx2 import (
     vae_config_from_metadata,
 )
 from flash_vaed.decoder import FlashDecoder
+from flash_vaed.engine.decode import DecodePlan
 from flash_vaed.errors import CheckpointError, FlashVAEDError
 from flash_vaed.latents import LatentNorm
 from support.reference_weights import generate, load_manifest, manifest_shapes
@@ -344,3 +345,44 @@ def test_configless_timestep_conditioned_file_decodes_as_ltxv_095():
         ref["latent"], noise_scale=0.0
     )
     assert (ours - ref["video"]).abs().max().item() <= 5e-5
+
+
+# ---- the memory policy --------------------------------------------------------------------------
+
+
+def test_auto_never_chunks_a_whole_clip_decoder():
+    """Group-norm decoders pool over the whole clip: chunks would decode it again per window. auto, the
+    OOM retries and an explicit chunked plan all keep the whole clip in time and shrink tiles instead."""
+    from flash_vaed.policy import candidate_plans, choose_plan, estimate_bytes, smaller_plan
+
+    config, (t, h, w) = WINDOW_CASES["group-norm"]
+    dec = random_flash(config)
+    assert dec.module.temporal_halo == WHOLE_CLIP
+    shape = (1, 128, t, 4, 4)
+    plans = list(candidate_plans(shape, 32, dec.module.temporal_context))
+    assert plans[0] == DecodePlan() and all(p.chunk_frames is None for p in plans)
+    whole = estimate_bytes(dec.memory_profile, shape, torch.float32, DecodePlan())
+    plan = choose_plan(dec, shape, torch.float32, whole // 2)
+    assert plan.chunk_frames is None and plan.tile_px is not None
+    lean = smaller_plan(DecodePlan(), shape, 32, dec.module.temporal_context)
+    assert lean.chunk_frames is None and lean.tile_px == 64
+    calls = []
+    z = latent(t, h, w)
+    gen = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    chunked = dec.decode(z, chunk_frames=1, generator=gen(), on_progress=lambda d, n: calls.append(n))
+    assert calls == [1]  # one window: the whole clip, decoded once
+    torch.testing.assert_close(chunked, dec.decode(z, generator=gen()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("name", "context"), [("ltx2_comfy", 22), ("ltx23_comfy", 14)])
+def test_auto_chunks_real_layouts_only_where_windows_are_shorter_than_the_clip(name, context):
+    """LTX-2.0 / 2.3 windows carry 22 / 14 latent frames of context each side: a 121-frame clip (16 latent
+    frames) is decoded whole in time (tiles make it fit), a 30 s one (91) in windows."""
+    from flash_vaed.policy import candidate_plans, chunks_help
+
+    module = meta_decoder(load_manifest(name)["comfy_config"])
+    assert module.temporal_context == (context, context)
+    short = list(candidate_plans((1, 128, 16, 16, 24), 32, module.temporal_context))
+    assert all(p.chunk_frames is None for p in short) and any(p.tile_px for p in short)
+    long = [p.chunk_frames for p in candidate_plans((1, 128, 91, 16, 24), 32, module.temporal_context)]
+    assert any(long) and all(c is None or chunks_help(c, 91, module.temporal_context) for c in long)

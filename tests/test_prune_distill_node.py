@@ -293,7 +293,7 @@ def test_no_folder_and_no_images_says_what_to_connect(server):
 def test_a_preset_of_another_family_names_the_ones_that_fit(server):
     with pytest.raises(PromptFailed, match="pick one of auto, wan21-official, .*tiny") as info:
         run_prompt(server.url, graph(distill("t_preset", preset="ltx-official")))
-    assert "LTX-Video student; the teacher is wan21" in str(info.value)
+    assert "a student of LTX-Video 0.9 latents; the teacher is Wan 2.1" in str(info.value)
 
 
 @pytest.mark.comfy

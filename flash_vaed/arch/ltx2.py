@@ -29,6 +29,7 @@ are. Group/layer-norm resnets, which no released file uses but the schema allows
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -45,6 +46,7 @@ from ..errors import CheckpointError
 from ..latents import LatentNorm
 from ..spec import Family
 from .ltx import (
+    COMFY_DECODER_BLOCKS,
     ChannelLayerNorm,
     DepthToSpaceUp,
     LTXTeacherDecoder,
@@ -54,6 +56,7 @@ from .ltx import (
     TimestepMLP,
     _ada,
     _add_spatial_noise,
+    ltx_version_from_keys,
     pixel_norm,
     temporal_context,
     unpatchify,
@@ -70,6 +73,10 @@ __all__ = [
     "LTX2TeacherDecoder",
     "WHOLE_CLIP",
     "comfy_configless_behaviour",
+    "comfy_decodes_configless",
+    "describe_config",
+    "family_of_config",
+    "released_decoder_config",
     "diffusion_decoder_error",
     "is_diffusion_decoder",
     "load_ltx2_decoder",
@@ -172,10 +179,12 @@ class LTX2DecoderConfig:
     spatial_padding_mode: str = "reflect"
     decode_timestep: float = 0.05
     decode_noise_scale: float = 0.025
+    family: Family = Family.LTX2
 
     @classmethod
     def from_comfy_config(cls, config: Mapping, origin: str = "config") -> LTX2DecoderConfig:
-        """From `json.loads(metadata["config"])["vae"]`, read as ComfyUI's VideoVAE reads it.
+        """From `json.loads(metadata["config"])["vae"]`, read as ComfyUI's VideoVAE reads it; the family
+        from `family_of_config`.
 
         origin names the file in errors. Raises `LTX2ConfigError` naming the problem and the blocks.
         """
@@ -234,6 +243,7 @@ class LTX2DecoderConfig:
             decode_timestep=number("decode_timestep", 0.05, float, positive=False),
             decode_noise_scale=number("decode_noise_scale", 0.025, float, positive=False),
         )
+        out = dataclasses.replace(out, family=family_of_config(config, out))
         out.check(fail)
         return out
 
@@ -241,6 +251,15 @@ class LTX2DecoderConfig:
     def first_channels(self) -> int:
         """Width after conv_in: base channels times every block's channel multiplier."""
         return self.base_channels * math.prod(b.multiplier for b in self.blocks if b.kind != "res_x")
+
+    @property
+    def variant(self) -> str | None:
+        """The released layout this decoder is ("ltx-2.0", "ltx-2.0-tc", "ltx-2.3", "ltxv-0.9.x"), by its
+        blocks and conditioning; None for any other decoder a config describes."""
+        for name, (blocks, conditioned) in KNOWN_DECODERS.items():
+            if self.blocks == _parsed(blocks) and self.timestep_conditioning == conditioned:
+                return name
+        return None
 
     def check(self, fail: Callable[[str], NoReturn]) -> None:
         """Reject configs whose widths ComfyUI could not run (group sizes, noise scale widths)."""
@@ -262,6 +281,92 @@ class LTX2DecoderConfig:
             ch = out
         if self.norm_layer == "group_norm" and ch % GROUP_NORM_GROUPS:
             fail(f"the decoder ends {ch} channels wide, which group_norm cannot split into 32 groups")
+
+
+# ---- which model a config describes ------------------------------------------------------------
+
+_LTX2_RES5 = ["res_x", {"num_layers": 5, "inject_noise": False}]
+_LTX2_UP = ["compress_all", {"residual": True, "multiplier": 2}]
+# decoder_blocks and timestep conditioning of the released layouts (the manifests in tests/data/manifests)
+KNOWN_DECODERS: dict[str, tuple[list, bool]] = {
+    "ltx-2.0": ([_LTX2_RES5, _LTX2_UP, _LTX2_RES5, _LTX2_UP, _LTX2_RES5, _LTX2_UP, _LTX2_RES5], False),
+    "ltx-2.3": (
+        [
+            ["res_x", {"num_layers": 4}],
+            ["compress_space", {"multiplier": 2}],
+            ["res_x", {"num_layers": 6}],
+            ["compress_time", {"multiplier": 2}],
+            ["res_x", {"num_layers": 4}],
+            ["compress_all", {"multiplier": 1}],
+            ["res_x", {"num_layers": 2}],
+            ["compress_all", {"multiplier": 2}],
+            ["res_x", {"num_layers": 2}],
+        ],
+        False,
+    ),
+    "ltxv-0.9.0": (COMFY_DECODER_BLOCKS[0], False),
+    "ltxv-0.9.1": (COMFY_DECODER_BLOCKS[1], True),
+    # also the timestep-conditioned LTX-2.0 variant: the same decoder, told apart by LTX2_ONLY_KEYS
+    "ltxv-0.9.5": (COMFY_DECODER_BLOCKS[2], True),
+}
+# Keys of the split encoder/decoder settings that LTX-2 configs write and LTX-Video 0.9 configs (one
+# padding mode, fixed 128-channel bases) do not
+LTX2_ONLY_KEYS = (
+    "decoder_base_channels",
+    "encoder_base_channels",
+    "decoder_spatial_padding_mode",
+    "encoder_spatial_padding_mode",
+)
+
+
+def released_decoder_config(variant: str) -> dict:
+    """The decoder part of a released layout's VAE config ("ltx-2.0", "ltx-2.3", or an "ltxv-0.9.x"), as
+    ComfyUI reads it: blocks, conditioning, padding (LTX-2.0 and 0.9.x decode reflect-padded, LTX-2.3 zeros)."""
+    blocks, conditioned = KNOWN_DECODERS[variant]
+    return {
+        "latent_channels": 128,
+        "patch_size": 4,
+        "norm_layer": "pixel_norm",
+        "decoder_blocks": blocks,
+        "timestep_conditioning": conditioned,
+        "spatial_padding_mode": "zeros" if variant == "ltx-2.3" else "reflect",
+    }
+
+
+def _parsed(blocks: Sequence) -> tuple[LTX2Block, ...]:
+    def fail(message: str) -> NoReturn:
+        raise ValueError(message)
+
+    return tuple(LTX2Block.parse(entry, i, fail) for i, entry in enumerate(blocks))
+
+
+def family_of_config(config: Mapping, parsed: LTX2DecoderConfig | None = None) -> Family:
+    """The latent space of an LTX VAE config: LTX-Video 0.9 when its decoder is one of the three ComfyUI
+    builds for 0.9.0 / 0.9.1 / 0.9.5+ (same blocks, same timestep conditioning) and the config has none of
+    `LTX2_ONLY_KEYS`; LTX-2 otherwise (LTX-2.0's unconditioned decoder, LTX-2.3's and 2.5's upsamplers,
+    any other layout a config can describe, which only LTX-2's configurable schema produces).
+
+    The one layout both families share is the timestep-conditioned LTX-2.0 test variant, whose decoder is
+    LTX-Video 0.9.5's: its config's LTX-2 keys decide. parsed: `config` already parsed (saves the work).
+    """
+    try:
+        parsed = parsed or LTX2DecoderConfig.from_comfy_config(config)
+    except LTX2ConfigError:
+        return Family.LTX2
+    variant = parsed.variant
+    if variant is not None and variant.startswith("ltxv-") and not any(k in config for k in LTX2_ONLY_KEYS):
+        return Family.LTXV
+    return Family.LTX2
+
+
+def describe_config(cfg: LTX2DecoderConfig) -> str:
+    """A layout name for people: the released layout, or what the config builds."""
+    variant = cfg.variant
+    if variant == "ltxv-0.9.5" and cfg.family is Family.LTX2:
+        return "ltx-2.0-tc"
+    if variant is not None:
+        return variant + (" (config)" if variant.startswith("ltxv-") else "")
+    return f"{cfg.family.value} (config: {len(cfg.blocks)} decoder blocks)"
 
 
 # ---- modules ----------------------------------------------------------------------------------
@@ -382,23 +487,26 @@ class LTX2Decoder(nn.Module):
 
 
 class LTX2TeacherDecoder(DecoderModule):
-    """An LTX-2 family decoder built from a file's VAE config: RAW latents in, video out.
+    """An LTX decoder built from a file's VAE config (LTX-2.0 / 2.3 / 2.5, and LTX-Video 0.9.x checkpoints
+    that carry theirs): RAW latents in, video out.
 
     The interface the engine uses for LTX-Video teachers (`LTXTeacherDecoder`), with the config's own
-    decode defaults:
+    decode defaults and latent space (`family`: `family_of_config`, LTX2 unless the config is one of
+    LTX-Video 0.9's):
       timestep_conditioned / injects_noise, draw_spatial_noise, crop_spatial_noise: as LTXTeacherDecoder.
       decode_timestep, decode_noise_scale: ComfyUI's values for this file (config keys, else 0.05 / 0.025).
       temporal_context: latent frames (before, after) a window needs so that its frames are exact;
       temporal_halo = max of the two; WHOLE_CLIP for group-norm decoders, whose norms pool over the
-      whole clip (no finite window is exact; nor is ComfyUI's own chunked decode). time_stride / space_stride: frames per latent frame, pixels per
-      latent pixel. causal_decoder: the config's causal_decoder (convs look back only).
+      whole clip (no finite window is exact; nor is ComfyUI's own chunked decode). time_stride /
+      space_stride: frames per latent frame, pixels per latent pixel. causal_decoder: the config's causal_decoder (convs look back only).
     """
 
-    family = Family.LTXV
+    family = Family.LTX2
 
     def __init__(self, cfg: LTX2DecoderConfig):
         super().__init__()
         self.config = cfg
+        self.family = cfg.family
         self.decoder = LTX2Decoder(cfg)
         self.latent_channels = cfg.latent_channels
         self.spatial_padding_mode = cfg.spatial_padding_mode
@@ -525,8 +633,16 @@ def comfy_configless_behaviour(keys: Iterable[str], shapes: Mapping[str, Sequenc
     `ltx.ltx_version_from_keys`) and builds that version's fixed config: for 0.9.5+ a timestep-conditioned
     decoder with 4x res_x(5) and three residual compress_all(x2), padded reflect.
     """
-    from .ltx import COMFY_DECODER_BLOCKS, ltx_version_from_keys
+    return _configless(keys, shapes)[1]
 
+
+def comfy_decodes_configless(keys: Iterable[str], shapes: Mapping[str, Sequence[int]]) -> bool:
+    """True when ComfyUI's guess for a config-less LTX VAE is exactly its decoder (every decoder key present
+    with the guessed shape), so that decoding it as that LTX-Video 0.9 version is what ComfyUI does."""
+    return _configless(keys, shapes)[0]
+
+
+def _configless(keys: Iterable[str], shapes: Mapping[str, Sequence[int]]) -> tuple[bool, str]:
     keys = set(keys)
     try:
         version = ltx_version_from_keys(keys, shapes, like_comfyui=True)
@@ -540,17 +656,17 @@ def comfy_configless_behaviour(keys: Iterable[str], shapes: Mapping[str, Sequenc
     wrong = [k for k in want if k in have and have[k] != want[k]]
     name = {0: "0.9.0", 1: "0.9.1", 2: "0.9.5+"}[version]
     if wrong:
-        return (
+        return False, (
             f"ComfyUI reads it as LTX-Video {name} and fails to load it ({len(wrong)} size mismatches, first "
             f"{wrong[0]}): without its metadata config this file cannot be decoded there"
         )
     if missing:
-        return (
+        return False, (
             f"ComfyUI reads it as LTX-Video {name}, warns 'Missing VAE keys' for {len(missing)} decoder "
             f"tensors (first {missing[0]}) and decodes with those left uninitialized: garbage output"
         )
     blocks = len(COMFY_DECODER_BLOCKS[version])
-    return (
+    return True, (
         f"ComfyUI reads it as LTX-Video {name} ({blocks} decoder blocks, timestep-conditioned: "
         f"{version > 0}, reflect padding) and decodes it exactly as that version"
     )

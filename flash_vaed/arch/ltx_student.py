@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 import torch
@@ -44,8 +45,12 @@ class StudentStage:
     width:     channels of the block (its conv_in maps the previous width to this one).
     layers:    resnets after the upsample.
     op:        operator of those resnets; conv_in is depthwise-separable for DEPTHWISE_3D, else full 3D.
-    upsample:  a 2x time-and-space depth-to-space upsample after conv_in.
+    upsample:  a depth-to-space upsample after conv_in.
     shortcut:  every resnet of the block (conv_in included) has the norm3 + 1x1 shortcut, even at equal width.
+    up_stride: (time, height, width) factors of the upsample: 2x in all three (LTX-Video 0.9's), or the
+               space-only / time-only upsamples of LTX-2.3.
+    up_narrows: the upsample itself narrows the previous width to `width`, with no conv_in resnet (LTX-2's
+               upsamplers with a channel multiplier); the previous width must be a multiple of `width`.
     """
 
     width: int
@@ -53,6 +58,8 @@ class StudentStage:
     op: Op
     upsample: bool = True
     shortcut: bool = False
+    up_stride: tuple[int, int, int] = (2, 2, 2)
+    up_narrows: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class LTXStudentSpec:
     out_channels: int = 3
     patch_size: int = 4
     name: str = "custom"
+    family: Family = Family.LTXV  # the latent space it decodes (LTX-2 students: Family.LTX2)
 
     def __post_init__(self) -> None:
         widths = [self.mid_width] + [s.width for s in self.stages]
@@ -74,6 +82,19 @@ class LTXStudentSpec:
             raise ValueError(f"widths must be positive and layer counts non-negative: {self}")
         if self.mid_op is Op.FRAME_2D:
             raise ValueError("the mid block needs temporal context: use DEPTHWISE_3D or FULL_3D")
+        if not self.family.is_ltx:
+            raise ValueError(f"an LTX student decodes LTX latents, not {self.family.value}")
+        for i, (stage, before) in enumerate(zip(self.stages, widths, strict=False)):
+            if not stage.upsample:
+                if stage.up_narrows:
+                    raise ValueError(f"stage {i}: up_narrows needs an upsample")
+                continue
+            if len(stage.up_stride) != 3 or set(stage.up_stride) - {1, 2} or max(stage.up_stride) != 2:
+                raise ValueError(f"stage {i}: up_stride must be 1s and 2s with a 2, got {stage.up_stride}")
+            if stage.up_stride[1] != stage.up_stride[2]:
+                raise ValueError(f"stage {i}: the upsample must scale height and width alike")
+            if stage.up_narrows and before % stage.width:
+                raise ValueError(f"stage {i}: an upsample cannot narrow {before} channels to {stage.width}")
 
     @classmethod
     def official(cls) -> LTXStudentSpec:
@@ -108,14 +129,27 @@ class LTXStudentSpec:
         )
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        raw = dataclasses.asdict(self)
+        # LTX-Video 0.9 students keep the JSON they always had: fields at their defaults are left out
+        if self.family is Family.LTXV:
+            del raw["family"]
+        for stage in raw["stages"]:
+            if tuple(stage["up_stride"]) == (2, 2, 2):
+                del stage["up_stride"]
+            if not stage["up_narrows"]:
+                del stage["up_narrows"]
+        return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> LTXStudentSpec:
         try:
             raw = json.loads(text)
-            stages = tuple(StudentStage(**{**s, "op": Op(s["op"])}) for s in raw.pop("stages"))
-            return cls(**{**raw, "mid_op": Op(raw["mid_op"]), "stages": stages})
+            stages = tuple(
+                StudentStage(**{**s, "op": Op(s["op"]), "up_stride": tuple(s.get("up_stride", (2, 2, 2)))})
+                for s in raw.pop("stages")
+            )
+            family = Family(raw.pop("family", Family.LTXV.value))
+            return cls(**{**raw, "mid_op": Op(raw["mid_op"]), "stages": stages, "family": family})
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"not a valid LTX student spec ({err}): {text[:200]}") from err
 
@@ -214,13 +248,15 @@ class MidBlock(nn.Module):
 class StudentUpBlock(nn.Module):
     def __init__(self, in_ch: int, stage: StudentStage):
         super().__init__()
-        if in_ch != stage.width or stage.shortcut:
+        if not stage.up_narrows and (in_ch != stage.width or stage.shortcut):
             conv_in_op = Op.DEPTHWISE_3D if stage.op is Op.DEPTHWISE_3D else Op.FULL_3D
             self.conv_in = StudentResBlock(in_ch, stage.width, conv_in_op, stage.shortcut)
         else:
             self.conv_in = None
         if stage.upsample:
-            self.upsamplers = nn.ModuleList([DepthToSpaceUp(stage.width, (2, 2, 2), "zeros")])
+            up_in = in_ch if stage.up_narrows else stage.width
+            up = DepthToSpaceUp(up_in, stage.up_stride, "zeros", reduction=up_in // stage.width)
+            self.upsamplers = nn.ModuleList([up])
         else:
             self.upsamplers = None
         self.resnets = nn.ModuleList(
@@ -280,11 +316,12 @@ class LTXStudentDecoder(DecoderModule):
     def __init__(self, spec: LTXStudentSpec | None = None):
         super().__init__()
         self.spec = spec or LTXStudentSpec.official()
+        self.family = self.spec.family
         self.decoder = StudentBody(self.spec)
         self.latent_channels = self.spec.latent_channels
-        ups = sum(stage.upsample for stage in self.spec.stages)
-        self.time_stride = 2**ups
-        self.space_stride = self.spec.patch_size * 2**ups
+        ups = [stage.up_stride for stage in self.spec.stages if stage.upsample]
+        self.time_stride = math.prod(t for t, _, _ in ups)
+        self.space_stride = self.spec.patch_size * math.prod(h for _, h, _ in ups)
         self.temporal_context = temporal_context(self.decoder.time_ops())
 
     def _decode(

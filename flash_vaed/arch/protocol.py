@@ -28,6 +28,8 @@ class DecoderModule(nn.Module):
     timestep_conditioned: `timestep` changes the output (LTX 0.9.1+ teachers).
     noise_scales:     spatial scale, relative to the latent, of each noise draw the decoder injects, in
                       draw order (LTX 0.9.1); empty for decoders that inject none.
+    decode_timestep, decode_noise_scale: what ComfyUI decodes this decoder with when it is timestep-
+                      conditioned (its defaults 0.05 / 0.025; LTX-2 files may set their own in the config).
     """
 
     family: Family
@@ -38,6 +40,8 @@ class DecoderModule(nn.Module):
     temporal_context: tuple[int, int] = (0, 0)
     timestep_conditioned: bool = False
     noise_scales: tuple[int, ...] = ()
+    decode_timestep: float = 0.05
+    decode_noise_scale: float = 0.025
 
     @property
     def temporal_halo(self) -> int:

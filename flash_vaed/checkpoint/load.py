@@ -2,8 +2,9 @@
 
 Known layouts (`DECODER_LAYOUTS`, a table of what the keys hold and the recipe that follows): the Wan 2.1 /
 2.2 VAEs (original and diffusers), LTX-Video VAEs 0.9.0 / 0.9.1 / 0.9.5+ (standalone, inside all-in-one
-checkpoints, diffusers), the official Flash-VAED students, and our own students (safetensors with
-flash_vaed.* metadata). Detection returns a `Recipe` that carries the tensors under the module's own names;
+checkpoints, diffusers), LTX-2 video VAEs (2.0, 2.3, the 2.5 conv VAE: built from the config in their
+metadata, standalone or inside all-in-one checkpoints), the official Flash-VAED students, and our own
+students (safetensors with flash_vaed.* metadata). LTX-2.4/2.5's diffusion decoder is refused first. Detection returns a `Recipe` that carries the tensors under the module's own names;
 building only follows it. Loads are strict: a partial match is an error that names the layout and the
 first missing / unexpected keys.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -22,6 +22,16 @@ import torch
 from torch import nn
 
 from ..arch.ltx import LTXTeacherDecoder, ltx_version_from_keys
+from ..arch.ltx2 import (
+    LTX2DecoderConfig,
+    LTX2TeacherDecoder,
+    comfy_configless_behaviour,
+    comfy_decodes_configless,
+    describe_config,
+    diffusion_decoder_error,
+    is_diffusion_decoder,
+    vae_config_from_metadata,
+)
 from ..arch.ltx_student import LTXStudentDecoder, LTXStudentSpec
 from ..arch.wan import WanFamilyDecoder
 from ..arch.wan22 import Wan22Decoder
@@ -42,6 +52,7 @@ META_ARCH = "flash_vaed.arch"
 META_SPEC = "flash_vaed.spec"
 
 LTX_STATS = ("per_channel_statistics.mean-of-means", "per_channel_statistics.std-of-means")
+LTX_PROBE = "decoder.up_blocks.0.res_blocks.0.conv1.conv.weight"  # how ComfyUI recognises an LTX VAE
 
 
 @dataclass(frozen=True)
@@ -155,15 +166,29 @@ def _wan_recipe_from_shapes(src: TensorSource, diffusers: bool) -> Recipe:
 
 
 def ltx_metadata_config(src: TensorSource) -> dict | None:
-    """The VAE config ComfyUI's checkpoint loaders read from safetensors metadata ('config' -> 'vae')."""
-    raw = src.metadata.get("config")
-    if not raw:
-        return None
-    try:
-        config = json.loads(raw).get("vae")
-    except (json.JSONDecodeError, AttributeError):
-        return None
-    return config if isinstance(config, dict) else None
+    """The VAE config ComfyUI's loaders read from safetensors metadata ('config' -> 'vae'), None without
+    one; a 'config' that is not JSON is an error (ComfyUI crashes on it)."""
+    return vae_config_from_metadata(src.metadata, src.origin)
+
+
+def _require_ltx_stats(src: TensorSource) -> None:
+    if not all(k in src for k in LTX_STATS):
+        raise CheckpointError(
+            f"{src.origin}: an LTX VAE without per_channel_statistics (mean-of-means / std-of-means); "
+            "they turn ComfyUI's normalized latents into the decoder's raw latents. Use the full VAE file."
+        )
+
+
+def _ltx_config_recipe(src: TensorSource) -> Recipe:
+    """An LTX VAE that carries its config (LTX-2.x, LTX-Video 0.9.x checkpoints): built from the config,
+    as ComfyUI builds `VideoVAE(config=...)`; the config also says which latent space it is."""
+    config = ltx_metadata_config(src)
+    if config is None:  # metadata 'config' without a 'vae' entry: ComfyUI guesses from the keys
+        return _ltx_teacher_recipe(src)
+    cfg = LTX2DecoderConfig.from_comfy_config(config, src.origin)
+    _require_ltx_stats(src)
+    build = functools.partial(LTX2TeacherDecoder, cfg)
+    return Recipe(describe_config(cfg), cfg.family, "teacher", build, src, owned(src, "decoder."), LTX_STATS)
 
 
 def _ltx_teacher_recipe(src: TensorSource, diffusers: bool = False) -> Recipe:
@@ -173,15 +198,12 @@ def _ltx_teacher_recipe(src: TensorSource, diffusers: bool = False) -> Recipe:
         version = ltx_version_from_keys(src.keys(), src.shapes, like_comfyui=not diffusers)
     except ValueError as err:
         raise CheckpointError(f"{src.origin}: {err}") from err
-    config = ltx_metadata_config(src)
-    # ComfyUI pads the decoder with reflect unless the file's config says otherwise; diffusers (whose
-    # folders ComfyUI cannot load) pads with zeros, so a diffusers folder decodes as diffusers does
-    padding = (config or {}).get("spatial_padding_mode", "zeros" if diffusers else "reflect")
-    if not all(k in src for k in LTX_STATS):
-        raise CheckpointError(
-            f"{src.origin}: an LTX-Video VAE without per_channel_statistics (mean-of-means / std-of-means); "
-            "they turn ComfyUI's normalized latents into the decoder's raw latents. Use the full VAE file."
-        )
+    if not diffusers:
+        _check_configless(src)
+    # ComfyUI pads the decoder with reflect when no config says otherwise; diffusers (whose folders ComfyUI
+    # cannot load) pads with zeros, so a diffusers folder decodes as diffusers does
+    padding = "zeros" if diffusers else "reflect"
+    _require_ltx_stats(src)
     names = {0: "ltxv-0.9.0", 1: "ltxv-0.9.1", 2: "ltxv-0.9.5"}
     return Recipe(
         names.get(version, f"ltxv-v{version}") + ("-diffusers" if diffusers else ""),
@@ -192,6 +214,26 @@ def _ltx_teacher_recipe(src: TensorSource, diffusers: bool = False) -> Recipe:
         owned(src, "decoder."),
         LTX_STATS,
     )
+
+
+def _check_configless(src: TensorSource) -> None:
+    """An LTX VAE without a metadata config decodes as ComfyUI decodes it: with the LTX-Video 0.9 version it
+    guesses from the keys. Where that guess is not this decoder (LTX-2.0 and 2.3 files whose metadata was
+    stripped, truncated files), ComfyUI fails or decodes garbage: refuse, saying which."""
+    behaviour = comfy_configless_behaviour(src.keys(), src.shapes)
+    if comfy_decodes_configless(src.keys(), src.shapes):
+        log.info("%s: no VAE config in its metadata; %s", src.origin, behaviour)
+        return
+    raise CheckpointError(
+        f"{src.origin}: an LTX VAE without the config in its safetensors metadata whose decoder is not the "
+        f"one ComfyUI guesses from the keys: {behaviour}. An LTX-2 VAE (2.0, 2.3, 2.5) describes its "
+        "architecture only in that metadata: use the file as published (a conversion that dropped the "
+        "metadata cannot be decoded faithfully); otherwise the file is truncated or edited. Nothing was loaded."
+    )
+
+
+def _ltx_diffusion_decoder(src: TensorSource) -> Recipe:
+    raise diffusion_decoder_error(src.keys(), src.origin)
 
 
 def _ltx_diffusers_recipe(src: TensorSource) -> Recipe:
@@ -251,10 +293,12 @@ def ours(src: TensorSource) -> bool:
 
 # Every decoder layout, by what its source holds once a model prefix is stripped: first match wins.
 DECODER_LAYOUTS: Layouts = (
+    (lambda src: is_diffusion_decoder(src.keys()), _ltx_diffusion_decoder),
     (ours, _ours_recipe),
     (has("decoder.middle.0.residual.0.gamma"), _wan_recipe),
     (has("decoder.mid_block.attentions.0.to_qkv.weight", "decoder.conv_in.weight"), _wan_diffusers_recipe),
-    (has("decoder.up_blocks.0.res_blocks.0.conv1.conv.weight"), _ltx_teacher_recipe),
+    (lambda src: LTX_PROBE in src and "config" in src.metadata, _ltx_config_recipe),
+    (has(LTX_PROBE), _ltx_teacher_recipe),
     (has("decoder.mid_block.resnets.0.conv1.depthwise.weight"), _ltx_student_recipe),
     (
         has("decoder.conv_in.conv.weight", "decoder.up_blocks.0.resnets.0.conv1.conv.weight"),
@@ -354,7 +398,7 @@ def build_decoder(
     recipe = detect(src)
     module = materialize(recipe).eval().requires_grad_(False).to(device=device, dtype=dtype)
     norm = read_latent_norm(recipe, device)
-    if recipe.family is Family.LTXV and norm is None:
+    if recipe.family.is_ltx and norm is None:
         log.warning(
             "%s: no latent statistics in the file; decoding ComfyUI latents as raw latents", src.origin
         )
@@ -363,16 +407,24 @@ def build_decoder(
 
 
 def load_decoder(
-    source: str | os.PathLike | Mapping[str, torch.Tensor],
+    source: str | os.PathLike | Mapping[str, torch.Tensor] | TensorSource,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> FlashDecoder:
-    """Load a decoder from a file (.safetensors/.pth/...), a diffusers folder, or a state dict.
+    """Load a decoder from a file (.safetensors/.pth/...), a diffusers folder, a state dict, or a
+    `TensorSource` (a state dict with the metadata its file had: `checkpoint.io.from_state_dict(sd, meta)`,
+    which LTX-2 VAEs need, their architecture being in the metadata).
 
     Only the decoder's tensors are read (the encoder stays on disk), lazily for safetensors files.
     """
-    src = from_state_dict(source) if isinstance(source, Mapping) else open_tensors(source)
-    return build_decoder(src, device, dtype)
+    return build_decoder(tensor_source(source), device, dtype)
+
+
+def tensor_source(source: str | os.PathLike | Mapping[str, torch.Tensor] | TensorSource) -> TensorSource:
+    """What `load_decoder` / `load_encoder` take, as a `TensorSource`."""
+    if isinstance(source, TensorSource):
+        return source
+    return from_state_dict(source) if isinstance(source, Mapping) else open_tensors(source)
 
 
 def save_student(decoder: FlashDecoder, path: str | os.PathLike) -> os.PathLike:

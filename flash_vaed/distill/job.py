@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint.io import safe_child
+from ..checkpoint.io import from_state_dict, safe_child
 from ..decoder import FlashDecoder
 from ..errors import FlashVAEDError
 from . import data, schedule
@@ -155,10 +155,13 @@ def teacher_weights(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
         }
 
 
-def teacher_label(weights: Mapping[str, torch.Tensor]) -> str:
-    """'vae-sha256:<16 hex>' over the keys, shapes and float32 values: the saved config's teacher, so a
-    resume with another VAE is refused."""
+def teacher_label(weights: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> str:
+    """'vae-sha256:<16 hex>' over the keys, shapes and float32 values (and the VAE config of the metadata,
+    where there is one: LTX-2's architecture): the saved config's teacher, so a resume with another VAE is
+    refused."""
     digest = hashlib.sha256()
+    if metadata and "config" in metadata:
+        digest.update(metadata["config"].encode())
     for key in sorted(weights):
         t = weights[key].detach().to("cpu", torch.float32).contiguous()
         digest.update(f"{key}:{tuple(t.shape)};".encode())
@@ -226,8 +229,12 @@ def run_job(
     vae_state_dict: Mapping[str, torch.Tensor],
     on_progress: Callable[[int, int], None] | None = None,
     on_losses: LossesFn | None = None,
+    vae_metadata: Mapping[str, str] | None = None,
 ) -> JobResult:
     """Distil a student from the VAE whose state dict is given, save it as <models_dir>/<name>.safetensors.
+
+    vae_metadata: the metadata of the VAE's file where the state dict alone does not describe the model
+    (LTX-2: {"config": ...} with its VAE config, as ComfyUI built it).
 
     on_progress(done, total) after every step; an exception from it stops the run after a resumable
     checkpoint in the run folder and is re-raised. on_losses(step, total, phase, losses, lr) every logged
@@ -236,7 +243,7 @@ def run_job(
     student_path, run_dir = job_paths(job.models_dir, job.output_name)
     data_dir = run_dir / IMAGES if job.frames is not None else Path(job.data)
     weights = teacher_weights(vae_state_dict)
-    cfg = job_config(job, data_dir, run_dir, teacher_label(weights))
+    cfg = job_config(job, data_dir, run_dir, teacher_label(weights, vae_metadata))
     try:
         saved = saved_run(cfg)  # checked here too: a frame batch must not overwrite another run's clip
     except RunInTheWay as err:
@@ -263,7 +270,8 @@ def run_job(
 
     try:
         with torch.inference_mode(False), torch.enable_grad():
-            result = run(cfg, on_progress, on_record, teacher_weights=weights)
+            source = from_state_dict(weights, vae_metadata) if vae_metadata else weights
+            result = run(cfg, on_progress, on_record, teacher_weights=source)
     except NoTrainingVideos as err:
         raise JobError(
             f"no usable training clips in {data_dir} (a clip takes {job.clip_frames} frames and a "

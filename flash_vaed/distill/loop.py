@@ -30,7 +30,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..checkpoint.io import TensorSource
 from ..checkpoint.load import load_decoder, save_student
+from ..cost import decoder_cost
 from ..decoder import FlashDecoder
 from ..encoder import FlashEncoder, load_encoder
 from ..errors import FlashVAEDError
@@ -82,12 +84,13 @@ def run(
     on_progress: ProgressFn | None = None,
     on_record: Callable[[dict], None] | None = None,
     *,
-    teacher_weights: Mapping[str, torch.Tensor] | None = None,
+    teacher_weights: Mapping[str, torch.Tensor] | TensorSource | None = None,
 ) -> DistillResult:
     """Distil a student from cfg.teacher on the videos in cfg.data; see the module docstring.
 
     teacher_weights: the teacher VAE's state dict, already in memory (the Prune & Distill node passes the
-    loaded ComfyUI VAE's), used instead of reading cfg.teacher, which then only labels the teacher in the
+    loaded ComfyUI VAE's; a `TensorSource` where it needs its file's metadata: LTX-2's config), used
+    instead of reading cfg.teacher, which then only labels the teacher in the
     saved config (a resume must give the same label); cfg.encoder, when set, is still a file.
 
     on_progress(done, total) is called after every step (rank 0); an exception raised from it stops the
@@ -104,7 +107,7 @@ def run(
     try:
         # -- teacher, encoder, student layout, data ---------------------------------------------------
         teacher, encoder = _load_models(cfg, device, teacher_weights)
-        spec = resolve_spec(cfg.preset, teacher.family)
+        spec = resolve_spec(cfg.preset, teacher.family, teacher.module)
         train_videos, held_videos, shape = _training_videos(cfg, teacher.family)
         reader = data.ClipReader(train_videos, shape, cfg.keep_videos)
         label = None if teacher_weights is None else cfg.teacher
@@ -125,8 +128,8 @@ def run(
         how = "resumed" if saved else how
         model = _ddp_wrap(trainee, device) if world > 1 else trainee
         name = getattr(student.module.spec, "name", "custom")
-        params_m = (student.num_parameters() / 1e6, teacher.num_parameters() / 1e6)
-        log.info("student %s (%s init): %.2fM parameters, teacher %.2fM", name, how, *params_m)
+        cost = decoder_cost(student.module).versus(decoder_cost(teacher.module))
+        log.info("student %s (%s init): %s", name, how, cost)
         if main:
             out.mkdir(parents=True, exist_ok=True)
             resume.write_text(out / "config.json", cfg.to_json())
@@ -217,7 +220,9 @@ def run(
 
 
 def _load_models(
-    cfg: DistillConfig, device: torch.device, teacher_weights: Mapping[str, torch.Tensor] | None
+    cfg: DistillConfig,
+    device: torch.device,
+    teacher_weights: Mapping[str, torch.Tensor] | TensorSource | None,
 ) -> tuple[FlashDecoder, FlashEncoder]:
     """The teacher decoder and the encoder that makes its latents (cfg.encoder, else the teacher's file)."""
     source = cfg.teacher if teacher_weights is None else teacher_weights

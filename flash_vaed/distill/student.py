@@ -4,6 +4,7 @@ teacher, random, or a file) and the feature adapters that compare its stages wit
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -43,13 +44,15 @@ def stage_features(module: nn.Module, z_raw: torch.Tensor) -> tuple[torch.Tensor
 # ---- layout ---------------------------------------------------------------------------------------
 
 
-def resolve_spec(preset: str, family: Family) -> StudentSpec:
+def resolve_spec(preset: str, family: Family, teacher: nn.Module | None = None) -> StudentSpec:
     """The student layout for `preset` and the teacher's family: a JSON spec file; "tiny", "official" or
-    "auto" (= official) for the teacher's family; else flash_vaed.presets (a PRESETS name or a custom
-    layout line such as "384:dw3d:3/384:dw3d:3/24:frame2d:3/12:frame2d:3"). A preset with no student for
-    the family is refused, naming the ones that have one."""
+    "auto" (= official, or the family's recipe where no student was released: Wan 2.2, LTX-2, following
+    `teacher`, the teacher's decoder module, when given) for the teacher's family; else flash_vaed.presets
+    (a PRESETS name or a custom layout line such as "384:dw3d:3/384:dw3d:3/24:frame2d:3/12:frame2d:3"). A
+    preset with no student for the family (another latent space included: an LTX-Video 0.9 layout for an
+    LTX-2 teacher) is refused, naming the ones that have one."""
     try:
-        return _spec(preset, family)
+        return _spec(preset, family, teacher)
     except DistillError as err:
         fitting = [name for name in ("auto", *PRESETS) if _fits(name, family)]
         raise DistillError(f"{err}: pick one of {', '.join(fitting)}") from None
@@ -57,27 +60,28 @@ def resolve_spec(preset: str, family: Family) -> StudentSpec:
 
 def _fits(preset: str, family: Family) -> bool:
     try:
-        _spec(preset, family)
+        _spec(preset, family, None)
     except DistillError:
         return False
     return True
 
 
-def _spec(preset: str, family: Family) -> StudentSpec:
-    ltx = family is Family.LTXV
+def _spec(preset: str, family: Family, teacher: nn.Module | None) -> StudentSpec:
+    ltx = family.is_ltx
     if preset.endswith(".json") and Path(preset).is_file():
         return (LTXStudentSpec if ltx else DecoderSpec).from_json(Path(preset).read_text())
     if preset == "tiny":
-        return LTXStudentSpec.tiny() if ltx else DecoderSpec.tiny(family)
-    if preset in ("official", "auto") and family is not Family.WAN22:
+        return dataclasses.replace(LTXStudentSpec.tiny(), family=family) if ltx else DecoderSpec.tiny(family)
+    if preset in ("official", "auto") and family in (Family.WAN21, Family.LTXV):
         return LTXStudentSpec.official() if ltx else DecoderSpec.flashvaed_wan21()
     try:
-        spec = preset_spec(preset, family)
+        spec = preset_spec(preset, family, teacher)
     except (KeyError, ValueError) as err:
         raise DistillError(f"preset {preset!r}: {err.args[0] if err.args else err}") from None
-    if isinstance(spec, LTXStudentSpec) != ltx or getattr(spec, "family", family) is not family:
-        kind = "an LTX-Video" if isinstance(spec, LTXStudentSpec) else f"a {spec.family.value}"
-        raise DistillError(f"preset {preset!r} is {kind} student; the teacher is {family.value}")
+    if isinstance(spec, LTXStudentSpec) != ltx or spec.family is not family:
+        raise DistillError(
+            f"preset {preset!r} is a student of {spec.family.title} latents; the teacher is {family.title}"
+        )
     return spec
 
 

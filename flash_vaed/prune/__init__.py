@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..arch.ltx import LTXTeacherDecoder
 from ..arch.ltx_student import LTXStudentSpec
 from ..decoder import FlashDecoder
 from ..spec import DecoderSpec
@@ -32,7 +31,7 @@ from .fold import (
     refit_norm_gamma,
     ridge_lstsq,
 )
-from .ltx import build_ltx_student
+from .ltx import LTX_TEACHERS, build_ltx_student
 from .report import LayerReport, PruneReport, psnr_db
 from .select import filter_l1, select_by_magnitude, select_channels, select_random, split_calibration
 from .surgery import DepthwiseInit, init_depthwise, init_frame2d, replace_conv
@@ -82,6 +81,6 @@ def build_student_from_teacher(
     calib_latents: (N, C, T, H, W) RAW latents of the teacher's family. Returns (student FlashDecoder,
     PruneReport); the teacher is not modified."""
     teacher = getattr(teacher_decoder, "module", teacher_decoder)
-    if isinstance(target_spec, LTXStudentSpec) or isinstance(teacher, LTXTeacherDecoder):
+    if isinstance(target_spec, LTXStudentSpec) or isinstance(teacher, LTX_TEACHERS):
         return build_ltx_student(teacher_decoder, target_spec, calib_latents, config)
     return build_wan_student(teacher_decoder, target_spec, calib_latents, config)

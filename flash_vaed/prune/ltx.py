@@ -1,4 +1,5 @@
-"""Prune an LTX-Video teacher (`LTXTeacherDecoder`) into a Flash-VAED LTX student (`LTXStudentSpec`).
+"""Prune an LTX teacher (LTX-Video 0.9's `LTXTeacherDecoder`, or an LTX-2 `LTX2TeacherDecoder` with pixel
+norm) into a Flash-VAED LTX student (`LTXStudentSpec`).
 
 What is pruned where (docs/pruning.md, "LTX-Video", has the reasoning and measurements):
 
@@ -53,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch.ltx import DepthToSpaceUp, LTXTeacherDecoder, ResStack, TeacherResBlock, pad_time
+from ..arch.ltx2 import LTX2TeacherDecoder
 from ..arch.ltx_student import (
     FrameConv2d,
     LTXStudentDecoder,
@@ -62,7 +64,7 @@ from ..arch.ltx_student import (
     rms_norm,
 )
 from ..decoder import FlashDecoder
-from ..spec import Family, Op
+from ..spec import Op
 from .calibrate import decode_clips
 from .fold import (
     Fold,
@@ -80,7 +82,10 @@ from .wan import PruneConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_ltx_student", "pair_layouts", "upsample_weight"]
+__all__ = ["LTX_TEACHERS", "build_ltx_student", "pair_layouts", "upsample_weight"]
+
+# the teacher decoders this pruner reads: ComfyUI's LTX decoder blocks, from a version or from a config
+LTX_TEACHERS = (LTXTeacherDecoder, LTX2TeacherDecoder)
 
 
 # ---- pairing the two layouts ----------------------------------------------------------------------
@@ -103,12 +108,8 @@ def _teacher_sequence(teacher: LTXTeacherDecoder) -> list[tuple[str, str]]:
             seq += [("res", f"{name}.res_blocks.{j}") for j in range(len(block.res_blocks))]
         elif isinstance(block, TeacherResBlock):
             seq.append(("res", name))
-        elif isinstance(block, DepthToSpaceUp) and block.stride == (2, 2, 2):
-            seq.append(("up", name))
         else:
-            raise NotImplementedError(
-                f"{name}: the student only has 2x time-and-space upsamples, the teacher's has stride {block.stride}"
-            )
+            seq.append(("up", name))
     return seq
 
 
@@ -144,9 +145,12 @@ def pair_layouts(teacher: LTXTeacherDecoder, student: LTXStudentDecoder) -> tupl
     exists (another number of upsamples, more student resnets in a segment than the teacher has)."""
     t_segments, t_ups = _segments(_teacher_sequence(teacher))
     s_segments, s_ups = _segments(_student_sequence(student))
-    if len(t_ups) != len(s_ups):
+    t_strides = [teacher.get_submodule(n).stride for n in t_ups]
+    s_strides = [student.get_submodule(n).stride for n in s_ups]
+    if t_strides != s_strides:
         raise ValueError(
-            f"the student has {len(s_ups)} 2x upsamples, the teacher {len(t_ups)}: strides differ"
+            f"the student's upsamples (time, height, width factors {s_strides}) are not the teacher's "
+            f"({t_strides}): the strides differ"
         )
     pairs: list[Pair] = []
     dropped: list[str] = []
@@ -365,10 +369,20 @@ def _student_input(pre: torch.Tensor) -> torch.Tensor:
 
 
 def _check_pair(teacher: nn.Module, spec: object) -> None:
-    if not isinstance(teacher, LTXTeacherDecoder):
-        raise TypeError(f"LTX pruning needs an LTXTeacherDecoder teacher, got {type(teacher).__name__}")
+    if not isinstance(teacher, LTX_TEACHERS):
+        raise TypeError(f"LTX pruning needs an LTX teacher decoder, got {type(teacher).__name__}")
     if not isinstance(spec, LTXStudentSpec):
-        raise TypeError(f"an LTX-Video teacher prunes into an LTXStudentSpec, got {type(spec).__name__}")
+        raise TypeError(f"an LTX teacher prunes into an LTXStudentSpec, got {type(spec).__name__}")
+    if isinstance(teacher, LTX2TeacherDecoder) and teacher.config.norm_layer != "pixel_norm":
+        raise ValueError(
+            f"the teacher's resnets use {teacher.config.norm_layer} (no released LTX VAE does); the student's "
+            "RMS-normed resnets are fitted to pixel-norm teachers only"
+        )
+    if spec.family is not teacher.family:
+        raise ValueError(
+            f"{spec.name} is a student of {spec.family.title} latents, the teacher decodes "
+            f"{teacher.family.title} latents: another latent space"
+        )
     body = teacher.decoder
     mine = (spec.latent_channels, spec.out_channels * spec.patch_size**2, spec.patch_size)
     theirs = (teacher.latent_channels, body.conv_out.conv.out_channels, body.patch_size)
@@ -723,6 +737,6 @@ def build_ltx_student(
     info = {"parameters": report.student_parameters, "pruned_from": origin}
     norm = teacher_decoder.latent_norm if is_flash else None
     student = FlashDecoder(
-        Family.LTXV, "student", pruner.student, norm, f"flash-vaed:{target_spec.name}", info
+        teacher.family, "student", pruner.student, norm, f"flash-vaed:{target_spec.name}", info
     )
     return student, report

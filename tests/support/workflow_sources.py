@@ -1,6 +1,7 @@
 """How workflows/*.json were made: each graph below is built in the real frontend and saved by its Export.
 
     python tests/support/workflow_sources.py --server http://127.0.0.1:8188 [--only wan21_t2v] [--out workflows]
+    python tests/support/workflow_sources.py --templates DIR    # ltx2_3_t2v, from ComfyUI's own template file
 
 needs a running ComfyUI with this pack (tests/harness/serve.sh) and the browser (install_browser.sh). Each
 graph is written here in API format plus a layout; the frontend loads it (app.loadApiJson), the layout
@@ -517,6 +518,109 @@ def wan22_5b_ti2v() -> tuple[dict, dict]:
     return graph, layout
 
 
+# ---- LTX-2.3: ComfyUI's own template (comfyui-workflow-templates-json 0.1.123: video_ltx2_3_t2v.json) with
+# the video decode replaced. Its nodes (LTXAVTextEncoderLoader, the audio VAE, the latent upsampler, ...) are
+# not in ComfyUI 0.3.75, so the harness's frontend cannot build it from an API graph: the template itself
+# (a frontend export) is edited instead, keeping its subgraph, widgets and layout; only the video VAE Decode
+# (Tiled) inside it becomes Load Flash-VAED + Flash-VAED Decode, in the node format the frontend exports.
+
+LTX2_TEMPLATE = "video_ltx2_3_t2v.json"
+LTX2_CHECKPOINT = (
+    "ltx-2.3-22b-dev-fp8.safetensors"  # the template's all-in-one checkpoint (models/checkpoints)
+)
+LTX2_NOTE = """# LTX-2.3 text to video, decoded by Flash-VAED
+
+ComfyUI's LTX-2.3 template (open the subgraph to see it all): sampling, latent upscaling and the **audio** decode
+are the template's own; only the **video** decode inside the subgraph is Flash-VAED's (group *Flash-VAED video
+decode*, in place of the template's VAE Decode (Tiled)).
+
+**Load Flash-VAED** reads the LTX-2.3 video VAE from the template's checkpoint (only its decoder, from the 27 GB
+file) and **Flash-VAED Decode** decodes with it in `auto`: the whole clip where it fits in free memory, else
+spatial tiles, so the frames are the VAE's own (tiles blend at their seams) and it never runs out of memory.
+LTX-2 windows in time need 14 latent frames of context on each side, so a 5 s clip decodes whole in time.
+
+For speed, train an **LTX-2 student**: Prune & Distill with this checkpoint as teacher (Load Flash-VAED's
+VAE output into `teacher_vae`, preset `auto` = `ltx2-recipe`), then pick the student's file here. The official
+`Flash_VAED_LTX.pth` is an LTX-Video 0.9 student: LTX-2 latents are another latent space, it would decode
+them into garbage.
+
+Needs a ComfyUI with the LTX-2 nodes (the template's); the LTX-2.4/2.5 *diffusion* decoder is not supported.
+
+**Model files**: as the template's note (`models/checkpoints/ltx-2.3-22b-dev-fp8.safetensors`, the text
+encoder, LoRAs and latent upscaler).
+"""
+
+
+def ltx2_3_t2v_from_template(template: dict) -> dict:
+    """ComfyUI's LTX-2.3 text-to-video template with its video decode replaced by Flash-VAED (see above)."""
+    w = json.loads(json.dumps(template))
+    w["extra"].pop("prompt", None)  # an API prompt of the template author's own graph, not this one
+    (sg,) = w["definitions"]["subgraphs"]
+    nodes = {n["id"]: n for n in sg["nodes"]}
+    (old,) = [n for n in sg["nodes"] if n["type"] == "VAEDecodeTiled"]
+    links = {link["id"]: link for link in sg["links"]}
+    samples, vae = (i["link"] for i in old["inputs"])
+    (images,) = old["outputs"][0]["links"]
+    # the checkpoint's VAE no longer reaches the video decode (it still encodes the image-to-video start image)
+    for node in nodes.values():
+        for out in node.get("outputs", []):
+            if out.get("links") and vae in out["links"]:
+                out["links"].remove(vae)
+    del links[vae]
+    state = sg["state"]
+    load_id, decode_id, link_id = state["lastNodeId"] + 1, state["lastNodeId"] + 2, state["lastLinkId"] + 1
+    x, y = old["pos"]
+    load = {
+        "id": load_id, "type": "FlashVAEDLoad", "pos": [x, y - 190], "size": [320, 102], "flags": {},
+        "order": old["order"], "mode": 0,
+        "inputs": [{"name": "teacher_vae", "shape": 7, "type": "VAE", "link": None}],
+        "outputs": [{"name": "FLASH_VAED", "type": "FLASH_VAED", "links": [link_id]},
+                    {"name": "VAE", "type": "VAE", "links": None}],
+        "title": "Load Flash-VAED (the LTX-2.3 VAE, or an LTX-2 student)",
+        "properties": {"Node name for S&R": "FlashVAEDLoad"},
+        "widgets_values": [LTX2_CHECKPOINT, "auto"],
+    }  # fmt: skip
+    decode = {
+        "id": decode_id, "type": "FlashVAEDDecode", "pos": [x, y], "size": [320, DECODE_H], "flags": {},
+        "order": old["order"] + 1, "mode": 0,
+        "inputs": [{"name": "flash_vaed", "type": "FLASH_VAED", "link": link_id},
+                   {"name": "samples", "type": "LATENT", "link": samples}],
+        "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [images]}],
+        "properties": {"Node name for S&R": "FlashVAEDDecode"},
+        "widgets_values": [FLASH_DECODE[k] for k in ("mode", "chunk_frames", "tile_px", "overlap_px")],
+    }  # fmt: skip
+    links[samples].update(target_id=decode_id, target_slot=1)
+    links[images].update(origin_id=decode_id, origin_slot=0)
+    links[link_id] = {"id": link_id, "origin_id": load_id, "origin_slot": 0, "target_id": decode_id,
+                      "target_slot": 0, "type": "FLASH_VAED"}  # fmt: skip
+    sg["nodes"] = [n for n in sg["nodes"] if n is not old] + [load, decode]
+    sg["links"] = list(links.values())
+    group_id = state["lastGroupId"] + 1
+    sg["groups"].append({"id": group_id, "title": "Flash-VAED video decode", "color": FLASH_COLOR, "flags": {},
+                         "bounding": [x - 20, y - 264, 360, DECODE_H + 284]})  # fmt: skip
+    state.update(lastNodeId=decode_id, lastLinkId=link_id, lastGroupId=group_id)
+    note_id = decode_id + 1
+    (instance,) = [n for n in w["nodes"] if n["type"] == sg["id"]]
+    ix, iy = instance["pos"]
+    w["nodes"].append({
+        "id": note_id, "type": "MarkdownNote", "pos": [ix - 460, iy], "size": [420, 720], "flags": {},
+        "order": 0, "mode": 0, "inputs": [], "outputs": [], "title": "Read me (Flash-VAED)", "properties": {},
+        "widgets_values": [LTX2_NOTE],
+    })  # fmt: skip
+    w["last_node_id"] = max(w["last_node_id"], note_id)
+    return w
+
+
+def template_workflows(templates: Path, out_dir: Path) -> list[Path]:
+    """Write the workflows made from ComfyUI's template files in `templates` (a folder of the
+    comfyui-workflow-templates-json package's templates/, e.g. unpacked from `pip download`)."""
+    path = out_dir / "ltx2_3_t2v.json"
+    workflow = ltx2_3_t2v_from_template(json.loads((templates / LTX2_TEMPLATE).read_text()))
+    path.write_text(json.dumps(workflow, indent=2, ensure_ascii=False) + "\n")
+    log.info("wrote %s from %s", path, LTX2_TEMPLATE)
+    return [path]
+
+
 WORKFLOWS = {
     "wan21_t2v": wan21_t2v,
     "wan21_i2v": wan21_i2v,
@@ -661,10 +765,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only", action="append", choices=sorted(WORKFLOWS), help="build just these (repeatable)"
     )
+    ap.add_argument(
+        "--templates",
+        type=Path,
+        help="instead: write the workflows made from ComfyUI's template files in this folder (the "
+        "templates/ of comfyui-workflow-templates-json 0.1.123; no server needed): ltx2_3_t2v",
+    )
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if a.screenshot:
         screenshot(a.server, a.screenshot)
+    elif a.templates:
+        template_workflows(a.templates, a.out)
     else:
         build(a.server, a.out, a.only or list(WORKFLOWS))
     return 0
