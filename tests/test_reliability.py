@@ -470,3 +470,130 @@ def test_kill_9_mid_training_then_resume_finishes_from_the_last_checkpoint(tmp_p
     assert int(meta["step"]) == steps and len(json.loads(meta["history"])) == steps
     assert load_decoder(out / "student.safetensors").role == "student"
     assert _leftovers(out) == []
+
+
+# ---- issue 16: a second red-team pass ------------------------------------------------------------------------
+# Each test below failed on the code before its fix (docs/reliability.md lists them).
+
+
+@pytest.fixture(scope="module")
+def tiny_training(tmp_path_factory) -> dict[str, Path]:
+    """A tiny Wan 2.1 teacher (saved as a student file), a dim-8 Wan 2.1 VAE for the encoder, 4 clips."""
+    from support.reference_weights import generate, load_manifest
+
+    root = tmp_path_factory.mktemp("training")
+    save_file(generate(load_manifest("wan21_comfy_dim8")), root / "vae.safetensors")
+    teacher = _student()
+    teacher.role = "teacher"
+    save_student(teacher, root / "teacher.safetensors")
+    clips = root / "clips"
+    clips.mkdir()
+    for i in range(4):
+        _clip(clips / f"clip{i}.gif", i)
+    return {"teacher": root / "teacher.safetensors", "vae": root / "vae.safetensors", "clips": clips}
+
+
+def _distill_config(training: dict[str, Path], out: Path, **kw):
+    from flash_vaed.distill.config import DistillConfig
+
+    base = dict(
+        teacher=str(training["teacher"]), encoder=str(training["vae"]), data=str(training["clips"]),
+        out=str(out), preset="tiny", steps=2, clip_frames=5, crop_px=16, warmup_steps=1, log_every=1,
+        calib_batches=1, evaluate=False,
+    )  # fmt: skip
+    return DistillConfig.from_dict(base | kw)
+
+
+def _cli_argv(training: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        *("--teacher", str(training["teacher"]), "--encoder", str(training["vae"])),
+        *("--data", str(training["clips"]), "--out", str(out), "--preset", "tiny", "--steps", "2"),
+        *("--clip-frames", "5", "--crop-px", "16", "--calib-batches", "1", "--no-evaluate", "--no-progress"),
+        "--no-plot",
+        *extra,
+    ]
+
+
+SECRET = '{"db_password": "hunter2", "stages": "hunter2"}'
+
+
+def test_a_preset_naming_a_file_is_refused_from_the_node_and_never_quoted(tmp_path):
+    # High 1: through the node, `preset` was a path to any .json on the server, quoted back in the error
+    from flash_vaed.distill.config import DistillError
+    from flash_vaed.distill.job import DistillJob, JobError
+    from flash_vaed.distill.student import resolve_spec
+
+    secret = tmp_path / "secret.json"
+    secret.write_text(SECRET)
+    for preset in (str(secret), "../secret.json", "C:/x/secret.json", "tiny/../x.json", ""):
+        with pytest.raises(JobError, match="neither a preset name nor a layout line") as info:
+            DistillJob(tmp_path, "x", data=tmp_path, preset=preset)
+        assert "hunter2" not in str(info.value)
+    for preset in ("auto", "tiny", "wan21-wide", "16:dw3d:1/8:dw3d:1/8:frame2d:1/8:frame2d:1"):
+        DistillJob(tmp_path, "x", data=tmp_path, preset=preset)  # names and layout lines still pass
+    # the CLI may name a spec file: its errors name the file and the problem, never what it holds
+    with pytest.raises(DistillError) as info:
+        resolve_spec(str(secret), Family.WAN21)
+    assert str(secret) in str(info.value) and "hunter2" not in str(info.value)
+    for text in (SECRET, '{"family": "hunter2"}', '["hunter2"]', "hunter2"):
+        with pytest.raises(ValueError) as info:
+            DecoderSpec.from_json(text)
+        assert "hunter2" not in str(info.value)
+
+
+def test_resume_never_starts_a_run_over_an_existing_file(tiny_training, tmp_path):
+    # High 2: resume=True with no run folder replaced a user's file of the output name with a student
+    from flash_vaed.distill.job import DistillJob, JobError, run_job
+    from support.reference_weights import generate, load_manifest
+
+    models = tmp_path / "flash_vaed"
+    models.mkdir()
+    users = models / "my_wan_vae.safetensors"
+    save_file({"w": torch.ones(3)}, users)
+    before = users.read_bytes()
+    job = DistillJob(
+        models, "my_wan_vae", data=tiny_training["clips"], preset="tiny", steps=1, crop_px=16, clip_frames=5,
+        resume=True, device="cpu",
+    )  # fmt: skip
+    with pytest.raises(JobError, match="my_wan_vae.safetensors already exists; resume found no run"):
+        run_job(job, generate(load_manifest("wan21_comfy_dim8")))
+    assert users.read_bytes() == before and not (models / "runs" / "my_wan_vae").exists()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_the_cli_never_starts_a_run_in_a_folder_of_other_files(tiny_training, tmp_path, resume):
+    # High 3: --out naming a folder of someone's files (a diffusers model, a typo) overwrote them
+    from flash_vaed.distill.config import DistillError
+    from training.distill import main
+
+    out = tmp_path / "diffusers_vae"
+    out.mkdir()
+    mine = {
+        "config.json": b'{"_class_name": "AutoencoderKLWan"}',
+        "report.md": b"# mine",
+        "student.safetensors": b"x",
+    }
+    for name, blob in mine.items():
+        (out / name).write_bytes(blob)
+    with pytest.raises(
+        DistillError, match=r"not empty \(config.json, report.md, student.safetensors\).*--overwrite"
+    ):
+        main(_cli_argv(tiny_training, out, *(["--resume"] if resume else [])))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == mine
+    if not resume:  # the explicit flag writes there
+        main(_cli_argv(tiny_training, out, "--overwrite"))
+        assert load_decoder(out / "student.safetensors").role == "student"
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed_on_start(tiny_training, tmp_path):
+    # Low 15: a `.last.state.safetensors.*.tmp` left by a kill stayed even after a clean resumed finish
+    from flash_vaed.distill.loop import run
+
+    out = tmp_path / "run"
+    run(_distill_config(tiny_training, out, steps=1))
+    stale = [".last.state.safetensors.k2x9.tmp", ".last.safetensors.abc.tmp", ".config.json.tmp"]
+    for name in stale:
+        (out / name).write_bytes(b"half a file")
+    (out / "notes.tmp").write_text("not ours")
+    run(_distill_config(tiny_training, out, steps=2, resume=True))
+    assert _leftovers(out) == ["notes.tmp"]

@@ -100,6 +100,8 @@ def run(
     saved = resume.saved_run(cfg)  # a run in the way, or a resume with other settings, fails before loading
     rank, world, device, started_dist = _ddp_setup(cfg.device)
     main = rank == 0
+    if main:
+        resume.remove_stale_temp_files(out)  # left by a run killed mid-write (kill -9, power loss)
     amp = cfg.amp and device.type == "cuda"
     try:
         # -- teacher, encoder, student layout, data ---------------------------------------------------

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "flash-vaed-distill-state/1"
 STATE_FILE = "last.state.safetensors"
+# what a run writes into its folder, each through a temp file: `.<name>.tmp` or `.<name>.<random>.tmp`
+RUN_FILES = (STATE_FILE, "last.safetensors", "student.safetensors", "config.json", "report.json", "report.md")
 
 
 class RunInTheWay(DistillError):
@@ -198,6 +200,26 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], groups_json: str) -> d
         if "betas" in g:
             g["betas"] = tuple(g["betas"])
     return {"state": state, "param_groups": groups}
+
+
+def remove_stale_temp_files(out: Path) -> list[str]:
+    """Delete the temp files of RUN_FILES that a run killed mid-write left in `out`, and return their names.
+    Each is a half-written copy no run reads (the file it was to replace is whole); only a run in the same
+    folder writes them, and two runs in one folder are refused anyway."""
+    if not out.is_dir():
+        return []
+    stale = [
+        p
+        for p in out.iterdir()
+        if p.is_file()
+        and p.name.endswith(".tmp")
+        and any(p.name == f".{n}.tmp" or p.name.startswith(f".{n}.") for n in RUN_FILES)
+    ]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d temp files an interrupted run left in %s", len(stale), out)
+    return sorted(p.name for p in stale)
 
 
 def write_text(path: Path, text: str) -> None:
