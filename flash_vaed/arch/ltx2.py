@@ -448,7 +448,7 @@ def vae_config_from_metadata(metadata: Mapping[str, str], origin: str = "file") 
         return None
     try:
         config = json.loads(raw)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: brackets nested 100 000 deep
         raise LTX2ConfigError(
             f"{origin}: its metadata 'config' is not JSON ({err}); re-save the file with its original "
             "metadata, or use the VAE file as published"

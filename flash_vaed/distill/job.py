@@ -28,6 +28,7 @@ import torch
 from ..checkpoint.io import safe_child
 from ..decoder import FlashDecoder
 from ..errors import FlashVAEDError
+from ..names import name_problem
 from ..presets import PRESETS, parse_spec
 from . import data, schedule
 from .config import DistillConfig, describe_mismatch
@@ -126,17 +127,13 @@ def check_preset(preset: str) -> None:
 
 def student_file_name(name: str) -> str:
     """`name` as a file name in the students' folder, .safetensors added; raises JobError for names that
-    are empty, hidden, contain a folder separator or characters some file systems refuse."""
-    text = (name or "").strip()
+    are empty, hidden, too long, or unsafe on some platform (flash_vaed.names)."""
+    text = (name or "").strip() if isinstance(name, str) else ""
     stem = text[: -len(SUFFIX)] if text.lower().endswith(SUFFIX) else text
-    bad = sorted({c for c in stem if c in '/\\<>:"|?*' or ord(c) < 32})
-    if not stem or stem.startswith(".") or bad:
-        why = (
-            f"characters {''.join(bad)!r} are not allowed"
-            if bad
-            else "it must not be empty or start with '.'"
-        )
-        raise JobError(f"output_name {name!r} is not a plain file name ({why}); e.g. 'wan21_student'")
+    why = name_problem(stem)  # unsafe on any platform ComfyUI runs on (Windows device names, U+202E, ...)
+    if why:
+        shown = name[:120] + "..." if isinstance(name, str) and len(name) > 120 else name
+        raise JobError(f"output_name {shown!r} is not a plain file name ({why}); e.g. 'wan21_student'")
     return stem + SUFFIX
 
 
