@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint.io import safe_child
-from .errors import FlashVAEDError
+from .errors import CheckpointError, FlashVAEDError
 from .spec import Family
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,13 @@ def fetch_official(
     *,
     endpoint: str | None = None,
     timeout_s: float = 30,
+    replace: bool = False,
 ) -> Path:
     """Path of the official checkpoint `name` in `dest_dir`, downloading it first if it is missing.
 
     on_progress(done_bytes, total_bytes) is called after every chunk; raise from it to stop (the partial
-    file is removed). endpoint: another Hub URL (a mirror, or a local fake in tests).
+    file is removed). endpoint: another Hub URL (a mirror, or a local fake in tests). replace: download
+    even when the file is there (it is replaced only once the new one has passed the size and sha256 checks).
     Raises HubDownloadError (offline, network, size or checksum mismatch) with the manual step.
     """
     try:
@@ -102,7 +104,7 @@ def fetch_official(
         ) from None
     dest_dir = Path(dest_dir)
     dest = safe_child(dest_dir, name)
-    if dest.is_file() and dest.stat().st_size > 0:
+    if dest.is_file() and dest.stat().st_size > 0 and not replace:
         return dest
     if _offline():
         raise HubDownloadError(
@@ -138,6 +140,57 @@ def fetch_official(
         raise
     log.info("downloaded %s (%.1f MB) to %s", name, dest.stat().st_size / 2**20, dest)
     return dest
+
+
+def recheck_official(
+    name: str,
+    dest_dir: str | os.PathLike,
+    problem: str,
+    on_progress: ProgressFn | None = None,
+    *,
+    endpoint: str | None = None,
+    timeout_s: float = 30,
+) -> Path:
+    """The official checkpoint `name` in `dest_dir` is there but does not load (`problem`: the loader's
+    message). Compare it with the Hub's size and sha256: a file that differs (an interrupted copy, a
+    damaged disk) is replaced by a fresh, checked download, whose path is returned. When the Hub cannot be
+    asked, or the file matches it, raise CheckpointError giving the path and what to do."""
+    ckpt = OFFICIAL[name]
+    dest = safe_child(dest_dir, name)
+    todo = f"Delete {dest} and Load Flash-VAED downloads it again on its next run. Or: {manual_step(ckpt, dest)}."
+    damaged = f"{dest} is there but does not load ({problem.strip()[:300]})"
+    if _offline():
+        raise CheckpointError(
+            f"{damaged}. It cannot be compared with the Hub's copy while Hugging Face downloads are off "
+            f"(HF_HUB_OFFLINE is set). {todo}"
+        )
+    from huggingface_hub import get_hf_file_metadata
+
+    try:
+        meta = get_hf_file_metadata(ckpt.url(endpoint), token=False, timeout=timeout_s, endpoint=endpoint)
+    except Exception as err:  # requests/httpx/hub errors differ by huggingface_hub version
+        raise CheckpointError(
+            f"{damaged}. The Hub could not be asked for its size and sha256 ({type(err).__name__}). {todo}"
+        ) from err
+    size = dest.stat().st_size
+    sha = meta.etag if meta.etag and _SHA256.match(meta.etag) else None
+    if size == meta.size and (sha is None or _sha256(dest) == sha):
+        raise CheckpointError(
+            f"{damaged}, yet it matches the Hub's copy ({size} bytes{', same sha256' if sha else ''}): this "
+            "library cannot read the published file. Update the pack, or report it."
+        )
+    log.warning(
+        "%s differs from the Hub's copy (%d bytes, the Hub's %s): downloading it again", dest, size, meta.size
+    )
+    return fetch_official(name, dest_dir, on_progress, endpoint=endpoint, timeout_s=timeout_s, replace=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _stream(url: str, out, size: int | None, on_progress: ProgressFn | None, timeout_s: float) -> str:

@@ -36,6 +36,14 @@ def check_latents(z: torch.Tensor, family: Family) -> None:
     want = family.latent_channels
     if not isinstance(z, torch.Tensor):
         raise LatentError(f"latents must be a torch.Tensor, got {type(z).__name__}")
+    if z.is_nested:
+        raise LatentError(
+            "latents are a nested tensor (latents of different sizes in one); decode each latent on its own"
+        )
+    if z.layout is not torch.strided:
+        raise LatentError(f"latents are a {z.layout} tensor; pass a dense one (latents.to_dense())")
+    if z.is_meta:
+        raise LatentError("latents are on the meta device: they have a shape but no values to decode")
     if z.dim() == 4:
         raise LatentError(
             f"got a 4-D latent {tuple(z.shape)}, i.e. an image latent (B, C, H, W) from {guess_source(z.shape[1])}; "

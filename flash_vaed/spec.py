@@ -12,6 +12,9 @@ import enum
 import json
 from dataclasses import dataclass
 
+from .jsontext import field_problem
+from .jsontext import parse as parse_json
+
 
 class Family(str, enum.Enum):
     """The latent space a decoder reads. The value is what ComfyUI users and files call it.
@@ -148,7 +151,8 @@ class DecoderSpec:
 
     @classmethod
     def from_json(cls, text: str) -> DecoderSpec:
-        raw = json.loads(text)
+        """A spec from `to_json`'s text; ValueError naming the problem (never quoting the text) otherwise."""
+        raw = parse_json(text, "the decoder spec")
         try:
             stages = tuple(StageSpec(**{**s, "op": Op(s["op"])}) for s in raw.pop("stages"))
             return cls(
@@ -159,8 +163,8 @@ class DecoderSpec:
                     "stages": stages,
                 }
             )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"not a valid decoder spec ({err}): {text[:200]}") from err
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"not a valid decoder spec: {field_problem(err)}") from None
 
     # ---- the layouts that exist in the wild -------------------------------------------------
 

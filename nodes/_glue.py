@@ -17,11 +17,11 @@ import comfy.utils
 import folder_paths
 import torch
 
-from ..flash_vaed import FlashDecoder, LatentError, load_decoder
-from ..flash_vaed.checkpoint.io import safe_child
+from ..flash_vaed import CheckpointError, FlashDecoder, LatentError, load_decoder
+from ..flash_vaed.checkpoint.io import find_model_file
 from ..flash_vaed.engine.decode import DecodePlan
 from ..flash_vaed.engine.memory import PeakMemory
-from ..flash_vaed.hub import OFFICIAL, fetch_official
+from ..flash_vaed.hub import OFFICIAL, fetch_official, recheck_official
 from ..flash_vaed.latents import check_latents
 from ..flash_vaed.policy import decode_with_fallback, estimate_bytes, is_torch_oom
 from ..flash_vaed.spec import Family
@@ -73,10 +73,9 @@ def resolve_decoder_path(name: str) -> Path:
     roots = folder_paths.get_folder_paths(FOLDER)
     for folder in VAE_FOLDERS:
         roots += folder_paths.get_folder_paths(folder)
-    for root in roots:
-        path = safe_child(root, name)  # raises for names that leave the folder
-        if path.is_file():
-            return path
+    path = find_model_file(roots, name)  # raises for names that leave the folders, links out of them
+    if path is not None:
+        return path
     if name in OFFICIAL:
         dest = folder_paths.get_folder_paths(FOLDER)[0]
         bar = comfy.utils.ProgressBar(1)
@@ -131,6 +130,8 @@ class FlashModel:
 def pick_dtype(choice: str, family: Family, device: torch.device) -> torch.dtype:
     if choice == "auto":
         return mm.vae_dtype(device, WORKING_DTYPES[family])
+    if choice not in DTYPES:  # validate_inputs refuses it when queued; a caller from Python may not
+        raise ValueError(f"dtype {choice!r} is not one of auto, {', '.join(DTYPES)}")
     return DTYPES[choice]
 
 
@@ -138,7 +139,17 @@ def load_flash_model(name: str, dtype_choice: str) -> FlashModel:
     """Load `name` (see `resolve_decoder_path`) on ComfyUI's VAE offload device in the chosen dtype."""
     path = resolve_decoder_path(name)
     load_device, offload_device = mm.vae_device(), mm.vae_offload_device()
-    decoder = load_decoder(path, offload_device, torch.float32)
+    try:
+        decoder = load_decoder(path, offload_device, torch.float32)
+    except CheckpointError as err:
+        if name not in OFFICIAL:
+            raise
+        # an official file that does not load: compared with the Hub's, replaced when it differs
+        bar = comfy.utils.ProgressBar(1)
+        path = recheck_official(
+            name, path.parent, str(err), lambda d, t: bar.update_absolute(d, max(t, d, 1))
+        )
+        decoder = load_decoder(path, offload_device, torch.float32)
     dtype = pick_dtype(dtype_choice, decoder.family, load_device)
     decoder.to(offload_device, dtype)
     patcher = comfy.model_patcher.ModelPatcher(

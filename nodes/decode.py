@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from ..flash_vaed.engine.decode import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 from . import _glue
+from ._choices import check_choices
 from .sockets import FLASH_VAED
 
 
@@ -49,6 +50,10 @@ class FlashVAEDDecode(io.ComfyNode):
             outputs=[io.Image.Output("images", display_name="IMAGE",
                                      tooltip="All frames as an image batch (B*T, H, W, 3) in [0, 1].")],
         )  # fmt: skip
+
+    @classmethod
+    def validate_inputs(cls, mode: str | None = None) -> bool | str:
+        return check_choices(cls, {"mode": mode})  # ComfyUI 0.3.75 does not check V3 combos
 
     @classmethod
     def execute(

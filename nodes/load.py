@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import _glue
+from ._choices import check_choices
 from .drop_in_vae import FlashVAE
 from .sockets import FLASH_VAED
 
@@ -52,14 +53,14 @@ class FlashVAEDLoad(io.ComfyNode):
         )  # fmt: skip
 
     @classmethod
-    def validate_inputs(cls, decoder_name: str) -> bool | str:
+    def validate_inputs(cls, decoder_name: str | None = None, dtype: str | None = None) -> bool | str:
         # V3 combos are not checked against their options by ComfyUI 0.3.75; a name from the API could be anything
-        if decoder_name in _glue.decoder_names():
-            return True
-        return (
-            f"decoder_name {decoder_name!r} is not a file in models/flash_vaed, models/vae or "
-            "models/checkpoints (names that leave those folders are refused); pick one from the list or "
-            "refresh it (R)"
+        hint = (
+            "it is not a file in models/flash_vaed, models/vae or models/checkpoints (names that leave those "
+            "folders are refused); pick one from the list or refresh it (R)"
+        )
+        return check_choices(
+            cls, {"decoder_name": decoder_name, "dtype": dtype}, hints={"decoder_name": hint}
         )
 
     @classmethod

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..flash_vaed.distill.job import PRESET_HINT, is_layout_line
 from . import _distill_glue as glue
+from ._choices import check_choices
 from .sockets import FLASH_VAED
 
 
@@ -91,10 +93,17 @@ class FlashVAEDPruneDistill(io.ComfyNode):
         )  # fmt: skip
 
     @classmethod
-    def validate_inputs(cls, videos: str | None = None) -> bool | str:
-        # only videos: ComfyUI 0.3.75 flags every argument of validate_inputs when it fails, and a missing
-        # folder must not mark output_name too (output_name is checked first thing when the node runs)
-        return glue.check_folder(videos)
+    def validate_inputs(cls, videos: str | None = None, preset: str | None = None) -> bool | str:
+        # only the combos: ComfyUI 0.3.75 flags every argument of validate_inputs when it fails, and a missing
+        # folder must not mark output_name too (output_name is checked first thing when the node runs).
+        # ComfyUI 0.3.75 does not check V3 combos against their options: a preset from the API could be a path
+        folder = glue.check_folder(videos)
+        if folder is not True:
+            return folder
+        return check_choices(
+            cls, {"videos": videos, "preset": preset}, also={"preset": is_layout_line},
+            hints={"preset": PRESET_HINT},
+        )  # fmt: skip
 
     @classmethod
     def execute(

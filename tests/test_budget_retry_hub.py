@@ -15,7 +15,8 @@ from flash_vaed import DecoderSpec, Family, Op
 from flash_vaed.arch.wan import WanFamilyDecoder
 from flash_vaed.decoder import FlashDecoder
 from flash_vaed.engine.decode import DecodePlan
-from flash_vaed.hub import OFFICIAL, HubDownloadError, fetch_official
+from flash_vaed.errors import CheckpointError
+from flash_vaed.hub import OFFICIAL, HubDownloadError, fetch_official, recheck_official
 from flash_vaed.policy import (
     HEADROOM,
     candidate_plans,
@@ -328,3 +329,45 @@ def test_a_hub_error_gives_the_manual_step(tmp_path, fake_hub):
     assert "huggingface.co/Aoko955/Flash-VAED/resolve/main/models/ltx/Flash_VAED_LTX.pth" in msg
     assert str(tmp_path / "fv" / "Flash_VAED_LTX.pth") in msg
     assert _leftovers(tmp_path / "fv") == []
+
+
+# ---- an official file already there that does not load (issue 16, Low 16) ---------------------------------
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+def test_a_damaged_official_file_is_checked_against_the_hub_and_replaced(tmp_path, fake_hub, damage):
+    dest = tmp_path / "flash_vaed"
+    dest.mkdir()
+    broken = bytearray(PAYLOAD)
+    if damage == "flipped":
+        broken[1000] ^= 0xFF  # same size, another sha256
+    else:
+        del broken[len(PAYLOAD) // 2 :]
+    (dest / "Flash_VAED_Wan.pth").write_bytes(bytes(broken))
+    path = recheck_official(
+        "Flash_VAED_Wan.pth", dest, "not a readable PyTorch checkpoint", endpoint=fake_hub.url
+    )
+    assert path == (dest / "Flash_VAED_Wan.pth").resolve() and path.read_bytes() == PAYLOAD
+    assert _leftovers(dest) == ["Flash_VAED_Wan.pth"]
+
+
+def test_an_official_file_that_matches_the_hub_but_does_not_load_is_reported(tmp_path, fake_hub):
+    dest = tmp_path / "flash_vaed"
+    dest.mkdir()
+    (dest / "Flash_VAED_Wan.pth").write_bytes(PAYLOAD)
+    with pytest.raises(CheckpointError, match="matches the Hub's copy .* same sha256.*report"):
+        recheck_official("Flash_VAED_Wan.pth", dest, "odd", endpoint=fake_hub.url)
+    assert (dest / "Flash_VAED_Wan.pth").read_bytes() == PAYLOAD
+
+
+def test_a_damaged_official_file_offline_names_its_path_and_that_deleting_it_helps(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    dest = tmp_path / "flash_vaed"
+    dest.mkdir()
+    (dest / "Flash_VAED_Wan.pth").write_bytes(b"half a file")
+    with pytest.raises(CheckpointError) as info:
+        recheck_official("Flash_VAED_Wan.pth", dest, "not a readable PyTorch checkpoint (truncated)")
+    msg = str(info.value)
+    assert str(dest.resolve() / "Flash_VAED_Wan.pth") in msg and "truncated" in msg
+    assert "Delete" in msg and "downloads it again" in msg and WAN.url() in msg
+    assert (dest / "Flash_VAED_Wan.pth").read_bytes() == b"half a file"

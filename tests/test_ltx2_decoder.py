@@ -259,7 +259,7 @@ def test_metadata_config():
     assert vae_config_from_metadata({}) is None
     assert vae_config_from_metadata({"config": '{"vae": {"dims": 3}}'}) == {"dims": 3}
     assert vae_config_from_metadata({"config": '{"transformer": {}}'}) is None
-    with pytest.raises(LTX2ConfigError, match="not JSON"):
+    with pytest.raises(LTX2ConfigError, match="not valid JSON"):
         vae_config_from_metadata({"config": "{oops"}, "bad.safetensors")
 
 

@@ -254,7 +254,7 @@ def test_bad_config_metadata_is_an_error_naming_the_file(tmp_path):
     weights = generate(manifest, seed=0, include=("decoder.", "per_channel_statistics."))
     path = tmp_path / "broken.safetensors"
     save_file(weights, str(path), metadata={"config": "{not json"})
-    with pytest.raises(CheckpointError, match="broken.safetensors.*not JSON"):
+    with pytest.raises(CheckpointError, match="broken.safetensors.*not valid JSON"):
         load_decoder(path)
     config = json.loads(meta["config"])["vae"]
     config["decoder_blocks"] = [*config["decoder_blocks"], ["compress_twice", {}]]

@@ -270,8 +270,10 @@ def test_a_folder_of_only_a_corrupt_file_is_a_clear_error(server):
 def test_a_videos_folder_outside_the_input_folder_is_refused_when_queued(server, videos, says):
     with pytest.raises(InvalidWorkflow) as info:
         run_prompt(server.url, graph(distill("t_names", videos)))
-    (problem,) = [p for p in info.value.problems if NODE in p]
-    assert "videos" in problem and says in problem
+    # ComfyUI 0.3.75 reports a failed validate_inputs once per input it takes (videos and preset here)
+    problems = [p for p in info.value.problems if NODE in p]
+    assert problems and all(says in p for p in problems)
+    assert any(p.split(f"({NODE}) ")[1].startswith("videos") for p in problems)
 
 
 @pytest.mark.comfy

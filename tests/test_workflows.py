@@ -71,7 +71,12 @@ SMALL = {"width": 64, "height": 64, "length": 9}  # Wan: 3 latent frames of 8x8;
 # Inputs naming files the test server does not have (diffusion models, text encoders, CLIP vision).
 MODEL_FILE_INPUTS = {"unet_name", "clip_name", "ckpt_name"}
 # The user's own training clips (a folder in input/ the test server lacks): the full workflow must not train.
-USER_DATA_INPUTS = {("FlashVAEDPruneDistill", "videos", "custom_validation_failed")}
+# ComfyUI 0.3.75 reports a failed validate_inputs once per input it takes: the missing videos folder marks
+# preset (the node's other combo) too
+USER_DATA_INPUTS = {
+    ("FlashVAEDPruneDistill", "videos", "custom_validation_failed"),
+    ("FlashVAEDPruneDistill", "preset", "custom_validation_failed"),
+}
 # Prune & Distill in a decode part: a few steps of the tiny student on tiny clips (input/TINY_CLIPS).
 TINY_CLIPS = "tiny_clips"
 TINY_DISTILL = {

@@ -8,7 +8,8 @@
 
 Writes into --out: student.safetensors (open it with flash_vaed.load_decoder or the Flash-VAED Load node),
 last.safetensors + last.state.safetensors (resume with --resume), config.json, loss.png, report.md and
-report.json. Ctrl+C once stops at the end of the current step after saving a resumable checkpoint.
+report.json. Ctrl+C (or SIGTERM) once stops at the end of the current step after saving a resumable
+checkpoint.
 See training/README.md for the design.
 """
 
@@ -28,8 +29,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from flash_vaed.distill.config import DistillConfig, flat_fields  # noqa: E402
+from flash_vaed.distill.config import DistillConfig, DistillError, flat_fields  # noqa: E402
 from flash_vaed.distill.loop import DistillResult, run  # noqa: E402
+from flash_vaed.distill.resume import STATE_FILE  # noqa: E402
 from training.cpu import fast_cpu_training  # noqa: E402
 from training.plot import plot_losses  # noqa: E402
 
@@ -57,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         elif "float" in str(f.type):
             kwargs["type"] = float
         parser.add_argument(flag, required=required, default=default, **kwargs)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --out folder that holds other files (they may be overwritten); without "
+        "it a new run needs an empty or new folder",
+    )
     parser.add_argument("--no-plot", action="store_true", help="do not write loss.png")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     parser.add_argument("--log-level", default="INFO", help="logging level")
@@ -68,8 +76,27 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[DistillConfig, argp
     return DistillConfig.from_dict({name: getattr(args, name) for name, _, _ in flat_fields()}), args
 
 
+def check_out_folder(out: Path, overwrite: bool) -> None:
+    """A new run (no checkpoint in `out`: a resume finds one there) needs an empty or new folder, or
+    --overwrite: --out may name a folder of someone's files by mistake (a diffusers model holds config.json
+    and often report.md or a student.safetensors), which the run would replace."""
+    if overwrite or (out / STATE_FILE).exists() or not out.is_dir():
+        return
+    found = sorted(p.name for p in out.iterdir())
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise DistillError(
+            f"--out {out} is not empty ({shown}) and holds no run to resume: a new run writes config.json, "
+            "report.md, student.safetensors and more there. Pick a new or empty folder, or pass --overwrite."
+        )
+
+
+# Ctrl+C, and SIGTERM: what `kill`, systemd, Docker, Slurm and torchrun send to stop a process
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class _StopOnSignal:
-    """First Ctrl+C: stop at the end of the current step (the loop saves first). Second: stop now."""
+    """First Ctrl+C or SIGTERM: stop at the end of the current step (the loop saves first). Second: stop now."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -78,7 +105,10 @@ class _StopOnSignal:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("stopping after this step (a checkpoint will be saved); Ctrl+C again to stop now")
+        log.warning(
+            "%s: stopping after this step (a checkpoint will be saved); send it again (or Ctrl+C) to stop now",
+            signal.Signals(signum).name,
+        )
 
 
 def tqdm_progress(stop: _StopOnSignal, enabled: bool = True):
@@ -98,7 +128,7 @@ def tqdm_progress(stop: _StopOnSignal, enabled: bool = True):
         if stop.requested:
             if bar is not None:
                 bar.close()
-            raise KeyboardInterrupt("stopped by Ctrl+C")
+            raise KeyboardInterrupt("stopped by Ctrl+C or SIGTERM")
 
     return on_progress
 
@@ -116,19 +146,21 @@ def main(argv: Sequence[str] | None = None) -> Path:
     import os
 
     cfg, args = parse_config(argv)
+    check_out_folder(Path(cfg.out), args.overwrite)
     rank0 = os.environ.get("RANK", "0") == "0"
     show_bar = rank0 and not args.no_progress
     handler = _TqdmHandler() if show_bar else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=args.log_level.upper() if rank0 else "WARNING", handlers=[handler], force=True)
     stop = _StopOnSignal()
-    previous = signal.signal(signal.SIGINT, stop)
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
         # CPU runs: no fresh zeroed pages every step, no slow subnormal arithmetic (training/cpu.py)
         with fast_cpu_training():
             result: DistillResult = run(cfg, on_progress=tqdm_progress(stop, show_bar))
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     out = Path(cfg.out)
     if rank0:
         if not args.no_plot:

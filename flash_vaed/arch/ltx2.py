@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from ..engine.state import DecodeState
 from ..errors import CheckpointError
+from ..jsontext import parse as parse_json
 from ..latents import LatentNorm
 from ..spec import Family
 from .ltx import (
@@ -555,12 +556,11 @@ def vae_config_from_metadata(metadata: Mapping[str, str], origin: str = "file") 
     if raw is None:
         return None
     try:
-        config = json.loads(raw)
-    except json.JSONDecodeError as err:
+        config = parse_json(raw, "its metadata 'config'")
+    except ValueError as err:  # not JSON, or brackets nested 100 000 deep
         raise LTX2ConfigError(
-            f"{origin}: its metadata 'config' is not JSON ({err}); re-save the file with its original "
-            "metadata, or use the VAE file as published"
-        ) from err
+            f"{origin}: {err}; re-save the file with its original metadata, or use the VAE file as published"
+        ) from None
     vae = config.get("vae") if isinstance(config, dict) else None
     return vae if isinstance(vae, dict) else None
 

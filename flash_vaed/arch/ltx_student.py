@@ -31,6 +31,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..engine.state import DecodeState
+from ..jsontext import field_problem
+from ..jsontext import parse as parse_json
 from ..spec import Family, Op
 from .ltx import DepthToSpaceUp, ReplicateTimeConv3d, pad_time, temporal_context, time_reach, unpatchify
 from .protocol import DecoderModule
@@ -142,8 +144,9 @@ class LTXStudentSpec:
 
     @classmethod
     def from_json(cls, text: str) -> LTXStudentSpec:
+        """A spec from `to_json`'s text; ValueError naming the problem (never quoting the text) otherwise."""
+        raw = parse_json(text, "the LTX student spec")
         try:
-            raw = json.loads(text)
             stages = tuple(
                 StudentStage(**{**s, "op": Op(s["op"]), "up_stride": tuple(s.get("up_stride", (2, 2, 2)))})
                 for s in raw.pop("stages")
@@ -151,7 +154,7 @@ class LTXStudentSpec:
             family = Family(raw.pop("family", Family.LTXV.value))
             return cls(**{**raw, "mid_op": Op(raw["mid_op"]), "stages": stages, "family": family})
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise ValueError(f"not a valid LTX student spec ({err}): {text[:200]}") from err
+            raise ValueError(f"not a valid LTX student spec: {field_problem(err)}") from None
 
 
 # ---- layers --------------------------------------------------------------------------------------

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -21,7 +22,10 @@ from safetensors.torch import save_file
 
 from ..errors import CheckpointError, FlashVAEDError
 
+log = logging.getLogger(__name__)
+
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+MAX_CONFIG_BYTES = 1 << 20  # a diffusers config.json is about 1 KB
 TENSOR_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 
 
@@ -170,7 +174,11 @@ def _open_diffusers_folder(path: Path) -> TensorSource:
     metadata: dict[str, str] = {}
     config = folder / "config.json"
     if config.is_file():
-        metadata["diffusers_config"] = config.read_text()
+        size = config.stat().st_size
+        if size <= MAX_CONFIG_BYTES:
+            metadata["diffusers_config"] = config.read_text(errors="replace")
+        else:  # nothing needs it to decode: a huge or wrong file there is noted, not read into memory
+            log.warning("%s: %d bytes is no VAE config (they are ~1 KB); not read", config, size)
 
     def load(names: Iterable[str]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -272,12 +280,45 @@ def safe_child(root: str | os.PathLike, name: str) -> Path:
     return resolved
 
 
+def find_model_file(roots: Sequence[str | os.PathLike], name: str) -> Path | None:
+    """The file `name` in the first of `roots` (model folders) that has it, else None.
+
+    Names that leave a folder are refused (`safe_child`). A symlink in a folder may point into any of the
+    folders; one pointing elsewhere is refused with what to do (ComfyUI lists it, its own loaders follow
+    it, so a user meets it here)."""
+    inside = [Path(r).resolve() for r in roots]
+    linked_out: list[tuple[Path, Path]] = []
+    for root in roots:
+        try:
+            path = safe_child(root, name)
+        except CheckpointError:
+            if not name or "\x00" in name or Path(name).is_absolute() or ".." in Path(name).parts:
+                raise  # a name that tries to leave: no link involved
+            link, target = Path(root) / name, (Path(root) / name).resolve()
+            if target.is_file() and any(r in target.parents for r in inside):
+                return target
+            if target.is_file():
+                linked_out.append((link, target))
+            continue
+        if path.is_file():
+            return path
+    if linked_out:
+        link, target = linked_out[0]
+        raise CheckpointError(
+            f"{link} is a symlink to {target}, outside the model folders ({', '.join(map(str, inside))}); "
+            f"Flash-VAED loads only files inside them. Move or copy the file there in place of the link, or "
+            f"add its folder {target.parent} to extra_model_paths.yaml (under flash_vaed: or vae:) and "
+            "restart ComfyUI."
+        )
+    return None
+
+
 def read_json_metadata(metadata: Mapping[str, str], key: str) -> dict | None:
     raw = metadata.get(key)
     if raw is None:
         return None
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"metadata entry {key!r} is not valid JSON ({err})") from err
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(f"metadata entry {key!r} is not valid JSON ({err})") from None
     return value if isinstance(value, dict) else None

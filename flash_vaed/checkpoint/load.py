@@ -37,9 +37,11 @@ from ..arch.wan import WanFamilyDecoder
 from ..arch.wan22 import Wan22Decoder
 from ..decoder import FlashDecoder
 from ..errors import CheckpointError
+from ..finite import all_finite, first_non_finite
 from ..latents import LatentNorm
 from ..spec import DecoderSpec, Family, Op
 from .io import TensorSource, atomic_save, from_state_dict, open_tensors
+from .limits import check_spec_family, check_spec_fits_file, tensor_problem
 from .ltx_keys import diffusers_ltx_to_original
 from .wan_keys import diffusers_wan_to_original, spec_from_wan_shapes
 
@@ -275,6 +277,8 @@ def _ours_recipe(src: TensorSource) -> Recipe:
             f"({str(err)[:200]}); the file is corrupt: export or download it again."
         ) from err
     keys = tuple(k for k in src.shapes if not k.startswith("latent_norm."))
+    check_spec_family(spec, family, src.origin)
+    check_spec_fits_file(spec, len(keys), src.origin)  # before a module of a damaged description is built
     stats = ("latent_norm.mean", "latent_norm.std") if "latent_norm.mean" in src else None
     layout = f"flash-vaed:{spec.name}" if arch == "wan" else "flash-vaed:ltx"
     return Recipe(layout, family, "student", lambda: module_type(spec), src, keys, stats)
@@ -372,8 +376,9 @@ def materialize(recipe: Recipe) -> nn.Module:
         )
     state = {}
     for k, t in src.load(recipe.keys).items():
-        if not t.is_floating_point():
-            raise CheckpointError(f"{src.origin}: tensor {k} has dtype {t.dtype}, expected floating point")
+        problem = tensor_problem(t, expected[k].shape)
+        if problem:
+            raise CheckpointError(f"{src.origin}: tensor {k} {problem}; nothing was loaded.")
         state[k] = t.to(torch.float32)  # also lifts fp8/fp16/bf16 files; the caller picks the run dtype
     module.load_state_dict(state, strict=True, assign=True)
     leftovers = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
@@ -389,6 +394,13 @@ def read_latent_norm(recipe: Recipe, device: torch.device | str = "cpu") -> Late
         return None
     mean_key, std_key = recipe.latent_norm_keys
     got = recipe.source.load([mean_key, std_key])
+    for key in (mean_key, std_key):
+        shape = recipe.source.shapes[key]
+        problem = tensor_problem(got[key], torch.Size(shape))
+        if problem:
+            raise CheckpointError(
+                f"{recipe.source.origin}: latent statistics {key} {problem}; nothing was loaded."
+            )
     return LatentNorm(got[mean_key].float().flatten(), got[std_key].float().flatten()).to(device)
 
 
@@ -435,6 +447,9 @@ def save_student(decoder: FlashDecoder, path: str | os.PathLike) -> os.PathLike:
         raise ValueError("only decoders built from a spec can be saved as Flash-VAED students")
     arch = "wan" if isinstance(module, WanFamilyDecoder) else "ltx"
     tensors = dict(module.state_dict())
+    bad = None if all_finite(tensors.values()) else first_non_finite(tensors.items())
+    if bad:  # it would decode to NaN frames; never let it replace a file that decodes
+        raise CheckpointError(f"refused to save {path}: tensor {bad[0]} holds {bad[1]} NaN/Inf values")
     if decoder.latent_norm is not None:
         tensors["latent_norm.mean"] = decoder.latent_norm.mean
         tensors["latent_norm.std"] = decoder.latent_norm.std

@@ -19,7 +19,7 @@ import json
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 PILLOW_SUFFIXES = (".webp", ".gif")
 AV_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv")
 VIDEO_SUFFIXES = PILLOW_SUFFIXES + AV_SUFFIXES
+KEEP_BYTES = (
+    256 * 2**20
+)  # decoded Pillow videos kept in memory, all together (uint8); longer ones are read lazily
 
 
 class DataError(FlashVAEDError, ValueError):
@@ -108,11 +111,9 @@ def probe_video(path: Path) -> tuple[int, int, int]:
         return frames, stream.codec_context.height, stream.codec_context.width
 
 
-def read_video(path: Path, start: int = 0, count: int | None = None) -> torch.Tensor:
-    """Frames [start, start + count) of a file as uint8 (T, H, W, 3) (every frame from start if count is
-    None). Raises if the file has fewer."""
-    out = []
-    stop = None if count is None else start + count
+def iter_frames(path: Path, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+    """Frames [start, stop) of a file, decoded one at a time as uint8 (H, W, 3) arrays: the memory one
+    frame takes, however long the video (fewer when the file ends first)."""
     if path.suffix.lower() in PILLOW_SUFFIXES:
         from PIL import Image
 
@@ -120,17 +121,23 @@ def read_video(path: Path, start: int = 0, count: int | None = None) -> torch.Te
             n = getattr(im, "n_frames", 1)
             for i in range(start, n if stop is None else min(stop, n)):
                 im.seek(i)
-                out.append(np.asarray(im.convert("RGB")))
-    else:
-        av = _av()
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                if stop is not None and i >= stop:
-                    break
-                if i >= start:
-                    out.append(frame.to_ndarray(format="rgb24"))
+                yield np.asarray(im.convert("RGB"))
+        return
+    av = _av()
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(container.decode(stream)):
+            if stop is not None and i >= stop:
+                break
+            if i >= start:
+                yield frame.to_ndarray(format="rgb24")
+
+
+def read_video(path: Path, start: int = 0, count: int | None = None) -> torch.Tensor:
+    """Frames [start, start + count) of a file as uint8 (T, H, W, 3) (every frame from start if count is
+    None). Raises if the file has fewer."""
+    out = list(iter_frames(path, start, None if count is None else start + count))
     if count is not None and len(out) != count:
         raise DataError(
             f"{path}: wanted frames {start}..{start + count - 1}, the file has {start + len(out)}"
@@ -246,40 +253,75 @@ def eval_crops(videos: Sequence[VideoInfo], shape: ClipShape, per_video: int) ->
 
 
 class ClipReader:
-    """Turns crops into frames; keeps the last few decoded Pillow videos in memory (they are short)."""
+    """Turns crops into frames. Memory follows the crop, not the video: frames are cropped (and resized
+    first when resize_short asks) one at a time as they are decoded, and only short, small Pillow videos
+    (.webp/.gif decode from their first frame on every read) are kept decoded, as uint8: at most
+    `keep_videos` of them and `keep_bytes` in all."""
 
-    def __init__(self, videos: Sequence[VideoInfo], shape: ClipShape, keep_videos: int = 8):
-        self.videos, self.shape, self.keep = list(videos), shape, keep_videos
+    def __init__(
+        self,
+        videos: Sequence[VideoInfo],
+        shape: ClipShape,
+        keep_videos: int = 8,
+        keep_bytes: int = KEEP_BYTES,
+    ):
+        self.videos, self.shape, self.keep, self.keep_bytes = list(videos), shape, keep_videos, keep_bytes
         self._memory: OrderedDict[Path, torch.Tensor] = OrderedDict()
 
     def with_shape(self, shape: ClipShape) -> ClipReader:
         """A reader of another clip shape over the same videos, sharing the decoded videos in memory."""
-        other = ClipReader(self.videos, shape, self.keep)
+        other = ClipReader(self.videos, shape, self.keep, self.keep_bytes)
         other._memory = self._memory
         return other
 
-    def _frames(self, info: VideoInfo, t0: int) -> torch.Tensor:
-        n = self.shape.frames
+    def _kept(self, info: VideoInfo) -> torch.Tensor | None:
+        """The whole decoded video (uint8 (T, H, W, 3)) when it is one to keep, else None."""
         if info.path.suffix.lower() not in PILLOW_SUFFIXES or self.keep <= 0:
-            return read_video(info.path, t0, n)
+            return None
         if info.path not in self._memory:
+            from PIL import Image
+
+            with Image.open(info.path) as im:
+                nbytes = getattr(im, "n_frames", 1) * im.size[0] * im.size[1] * 3
+            if nbytes > self.keep_bytes:
+                return None
             self._memory[info.path] = read_video(info.path)
-            while len(self._memory) > self.keep:
+            while (
+                len(self._memory) > self.keep
+                or sum(v.nbytes for v in self._memory.values()) > self.keep_bytes
+            ):
                 self._memory.popitem(last=False)
+            if info.path not in self._memory:
+                return None
         self._memory.move_to_end(info.path)
-        video = self._memory[info.path]
-        if video.shape[0] < t0 + n:
-            raise DataError(f"{info.name}: has {video.shape[0]} frames, the probe said {info.frames}")
-        return video[t0 : t0 + n]
+        return self._memory[info.path]
+
+    def _crop(self, frame: np.ndarray, info: VideoInfo, crop: Crop) -> torch.Tensor:
+        """One uint8 (H, W, 3) frame -> its crop, (3, S, S) float32 in [-1, 1] (resized first if asked)."""
+        s = self.shape.size
+        if self.shape.resize_short is None:
+            window = np.ascontiguousarray(frame[crop.y0 : crop.y0 + s, crop.x0 : crop.x0 + s])
+            return torch.from_numpy(window).permute(2, 0, 1).float() / 127.5 - 1.0
+        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float() / 127.5 - 1.0
+        x = F.interpolate(x[None], size=(info.height, info.width), mode="bilinear", antialias=True)[0]
+        return x[:, crop.y0 : crop.y0 + s, crop.x0 : crop.x0 + s]
 
     def clip(self, crop: Crop) -> torch.Tensor:
         """(3, T, S, S) float32 in [-1, 1]."""
         info = self.videos[crop.video]
-        x = self._frames(info, crop.t0).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, T, H, W)
-        if self.shape.resize_short is not None:
-            x = F.interpolate(x, size=(info.height, info.width), mode="bilinear", antialias=True)
-        s = self.shape.size
-        x = x[:, :, crop.y0 : crop.y0 + s, crop.x0 : crop.x0 + s]
+        n = self.shape.frames
+        video = self._kept(info)
+        if video is not None:
+            frames = (f.numpy() for f in video[crop.t0 : crop.t0 + n])
+        else:
+            frames = iter_frames(info.path, crop.t0, crop.t0 + n)
+        clip = [self._crop(f, info, crop) for f in frames]
+        if len(clip) != n:
+            raise DataError(
+                f"{info.name}: wanted frames {crop.t0}..{crop.t0 + n - 1}, it has {crop.t0 + len(clip)} "
+                f"(the probe said {info.frames})"
+            )
+        x = torch.stack(clip, dim=1)
         return (x.flip(-1) if crop.flip else x).clamp(-1, 1).contiguous()
 
 

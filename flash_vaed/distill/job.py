@@ -28,6 +28,8 @@ import torch
 from ..checkpoint.io import from_state_dict, safe_child
 from ..decoder import FlashDecoder
 from ..errors import FlashVAEDError
+from ..names import name_problem
+from ..presets import PRESETS, parse_spec
 from . import data, schedule
 from .config import DistillConfig, describe_mismatch
 from .loop import NoTrainingVideos, run
@@ -50,6 +52,12 @@ INPUT_NAMES = {
     "clip_frames": "clip_frames",
 }
 LossesFn = Callable[[int, int, int, dict[str, float], float], None]
+PRESET_NAMES = ("auto", "official", *PRESETS)
+MAX_LAYOUT_CHARS = 1000
+PRESET_HINT = (
+    "pick one from the list, or write a layout line such as '384:dw3d:3/384:dw3d:3/24:frame2d:3/12:frame2d:3' "
+    "(a preset here never names a file)"
+)
 
 
 class JobError(FlashVAEDError, ValueError):
@@ -75,6 +83,7 @@ class DistillJob:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_preset(self.preset)
         if self.frames is not None:
             _check_frames(self.frames, self.clip_frames, self.crop_px)
         elif self.data is None:
@@ -93,22 +102,38 @@ class JobResult:
     resumed_from: int  # the step the run continued from (0: a new run)
 
 
+def is_layout_line(text: str) -> bool:
+    """Whether `text` is a custom student layout line (flash_vaed.presets.parse_spec's format)."""
+    if len(text) > MAX_LAYOUT_CHARS or ":" not in text:
+        return False
+    try:
+        parse_spec(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_preset(preset: str) -> None:
+    """Raise JobError unless `preset` is a preset name or a layout line. The node's preset never names a
+    file: the loop reads a JSON spec file for a preset that is one, and a path from the HTTP API must not
+    make the server read (and quote back) a file of its own."""
+    if not isinstance(preset, str) or not (preset in PRESET_NAMES or is_layout_line(preset)):
+        shown = preset[:120] if isinstance(preset, str) else preset
+        raise JobError(f"preset {shown!r} is neither a preset name nor a layout line: {PRESET_HINT}")
+
+
 # ---- names and folders ----------------------------------------------------------------------------------
 
 
 def student_file_name(name: str) -> str:
     """`name` as a file name in the students' folder, .safetensors added; raises JobError for names that
-    are empty, hidden, contain a folder separator or characters some file systems refuse."""
-    text = (name or "").strip()
+    are empty, hidden, too long, or unsafe on some platform (flash_vaed.names)."""
+    text = (name or "").strip() if isinstance(name, str) else ""
     stem = text[: -len(SUFFIX)] if text.lower().endswith(SUFFIX) else text
-    bad = sorted({c for c in stem if c in '/\\<>:"|?*' or ord(c) < 32})
-    if not stem or stem.startswith(".") or bad:
-        why = (
-            f"characters {''.join(bad)!r} are not allowed"
-            if bad
-            else "it must not be empty or start with '.'"
-        )
-        raise JobError(f"output_name {name!r} is not a plain file name ({why}); e.g. 'wan21_student'")
+    why = name_problem(stem)  # unsafe on any platform ComfyUI runs on (Windows device names, U+202E, ...)
+    if why:
+        shown = name[:120] + "..." if isinstance(name, str) and len(name) > 120 else name
+        raise JobError(f"output_name {shown!r} is not a plain file name ({why}); e.g. 'wan21_student'")
     return stem + SUFFIX
 
 
@@ -258,8 +283,15 @@ def run_job(
             "teacher, data, preset, seed, crop_px and clip_frames (only steps may change); set them back, or "
             "pick another output_name for a new run"
         ) from None
-    if not job.resume and student_path.exists():
-        raise JobError(f"{student_path} already exists: pick another output_name, or delete the file first")
+    if saved is None and student_path.exists():
+        # resume continues a run; with no run to continue, it must not start one over a file that is there
+        no_run = f"; resume found no run to continue in {run_dir}" if job.resume else ""
+        raise JobError(
+            f"{student_path} already exists{no_run}: pick another output_name, or move the file away first "
+            "(a new run never overwrites a file)"
+        )
+    tmp = student_path.with_name(f".{student_path.name}.tmp")
+    tmp.unlink(missing_ok=True)  # a copy an earlier run was killed while writing
     if job.frames is not None:
         write_clip(job.frames, data_dir / "clip.webp")
 
@@ -277,7 +309,6 @@ def run_job(
             f"no usable training clips in {data_dir} (a clip takes {job.clip_frames} frames and a "
             f"{job.crop_px} px crop): {data.list_skipped(err.skipped)}"
         ) from err
-    tmp = student_path.with_name(f".{student_path.name}.tmp")
     shutil.copyfile(result.student_path, tmp)
     os.replace(tmp, student_path)
     log.info("Prune & Distill: saved %s (run folder %s)", student_path, run_dir)

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .. import finite
 from ..checkpoint.io import TensorSource
 from ..checkpoint.load import load_decoder, save_student
 from ..cost import decoder_cost
@@ -37,7 +38,7 @@ from ..decoder import FlashDecoder
 from ..encoder import FlashEncoder, load_encoder
 from ..errors import FlashVAEDError
 from ..spec import Family
-from . import data, losses, resume, schedule
+from . import data, limits, losses, resume, schedule
 from .batches import FEATURE_TERMS, Batches
 from .config import DistillConfig, DistillError
 from .evaluate import evaluate, summarize_history, write_report
@@ -103,11 +104,18 @@ def run(
     saved = resume.saved_run(cfg)  # a run in the way, or a resume with other settings, fails before loading
     rank, world, device, started_dist = _ddp_setup(cfg.device)
     main = rank == 0
+    if main:
+        resume.remove_stale_temp_files(out)  # left by a run killed mid-write (kill -9, power loss)
     amp = cfg.amp and device.type == "cuda"
     try:
         # -- teacher, encoder, student layout, data ---------------------------------------------------
         teacher, encoder = _load_models(cfg, device, teacher_weights)
         spec = resolve_spec(cfg.preset, teacher.family, teacher.module)
+        if not saved:  # before it is built: a layout line can ask for any size (a resumed one was checked)
+            limits.check_layout(
+                spec, teacher.family, batch=cfg.batch_size, clip_frames=cfg.clip_frames, crop_px=cfg.crop_px,
+                device=device, preset=cfg.preset,
+            )  # fmt: skip
         train_videos, held_videos, shape = _training_videos(cfg, teacher.family)
         reader = data.ClipReader(train_videos, shape, cfg.keep_videos)
         label = None if teacher_weights is None else cfg.teacher
@@ -177,6 +185,8 @@ def run(
                 if not torch.isfinite(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)):
                     raise _diverged("non-finite gradient", step, phase, saved_step, out)
                 opt.step()
+                if not finite.all_finite(params):  # a NaN optimizer state passes every loss check
+                    raise _diverged("non-finite weights after the update", step, phase, saved_step, out)
 
                 record = {"step": step + 1, "phase": phase, "lr": lr} | logged
                 record["time_s"] = time.perf_counter() - t_step

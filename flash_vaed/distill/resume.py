@@ -25,6 +25,8 @@ from ..arch.ltx_student import LTXStudentSpec
 from ..checkpoint.io import atomic_save
 from ..checkpoint.load import save_student
 from ..decoder import FlashDecoder
+from ..finite import all_finite, first_non_finite
+from ..jsontext import parse as parse_json
 from ..spec import DecoderSpec
 from .config import DistillConfig, DistillError, describe_mismatch
 from .student import StudentSpec, Trainee
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "flash-vaed-distill-state/1"
 STATE_FILE = "last.state.safetensors"
+# what a run writes into its folder, each through a temp file: `.<name>.tmp` or `.<name>.<random>.tmp`
+RUN_FILES = (STATE_FILE, "last.safetensors", "student.safetensors", "config.json", "report.json", "report.md")
 
 
 class RunInTheWay(DistillError):
@@ -87,6 +91,19 @@ def saved_run(cfg: DistillConfig) -> SavedRun | None:
     if not path.exists():
         return None
     saved = SavedRun(path, _read(path, tensors=False)[1])
+    try:
+        saved.step, saved.config, saved.spec  # noqa: B018 - each parses metadata: damaged ones fail here
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as err:
+        if isinstance(err, KeyError):
+            what = f"the field {err.args[0]!r} is missing"
+        else:
+            what = (
+                f"{type(err).__name__}: {str(err).splitlines()[0][:200]}" if str(err) else type(err).__name__
+            )
+        raise DistillError(
+            f"{path}: its metadata (step, config, student spec) is damaged ({what}). Move the run folder away "
+            "(or restore a backup of it) and start the run again."
+        ) from None
     if not cfg.resume:
         raise RunInTheWay(path, saved.step, saved.config.steps)
     if describe_mismatch(saved.config, cfg):
@@ -134,10 +151,34 @@ def restore(
     """Load the student, its adapters, the optimizer and the RNG states of `saved`; returns (step, history)
     to continue from. `steps`: the resumed run's length (the schedules stretch to it)."""
     tensors, meta = read_checkpoint(saved.path)
-    trainee.student.load_state_dict(_part(tensors, "student."))
-    trainee.adapters.load_state_dict(_part(tensors, "adapter."))
-    opt.load_state_dict(unflatten_optimizer(tensors, meta["optim_groups"]))
-    torch.set_rng_state(tensors["rng.torch"])
+    try:
+        history = _history(meta)
+        trainee.student.load_state_dict(_part(tensors, "student."))
+        trainee.adapters.load_state_dict(_part(tensors, "adapter."))
+        opt.load_state_dict(unflatten_optimizer(tensors, meta["optim_groups"]))
+        torch.set_rng_state(tensors["rng.torch"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        # a state file edited by hand or damaged on disk: its tensors no longer fit the run's modules
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise DistillError(
+            f"{saved.path}: the checkpoint does not fit this run ({first}); it was edited or is damaged. Move "
+            "the run folder away (or restore a backup of it) and start the run again."
+        ) from err
+    # a NaN optimizer state would make a NaN student on the first step, reported as a success
+    param_names = {id(p): n for n, p in trainee.named_parameters()}
+    state = [
+        (f"optimizer {k} of {param_names.get(id(p), '?')}", t)
+        for p, s in opt.state.items()
+        for k, t in s.items()
+    ]
+    named = [*trainee.named_parameters(), *((k, v) for k, v in state if isinstance(v, torch.Tensor))]
+    bad = first_non_finite(named) if not all_finite(t for _, t in named) else None
+    if bad:
+        raise DistillError(
+            f"{saved.path}: {bad[0]} holds {bad[1]} NaN/Inf values, so every step from it would make a NaN "
+            "student; the checkpoint is damaged. Move the run folder away (or restore a backup of it) and "
+            "start the run again."
+        )
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
@@ -148,7 +189,15 @@ def restore(
             "steps %d -> %d: the LR and phase schedules stretch to the new length", saved.config.steps, steps
         )
     log.info("resumed from %s at step %d", saved.path, saved.step)
-    return saved.step, json.loads(meta["history"])
+    return saved.step, history
+
+
+def _history(meta: dict[str, str]) -> list[dict]:
+    """The loss history of a checkpoint's metadata: a list of records with a step each."""
+    history = parse_json(meta["history"], "the loss history", max_chars=None)
+    if not isinstance(history, list) or not all(isinstance(r, dict) and "step" in r for r in history):
+        raise ValueError("the loss history is not a list of step records")
+    return history
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -198,6 +247,26 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], groups_json: str) -> d
         if "betas" in g:
             g["betas"] = tuple(g["betas"])
     return {"state": state, "param_groups": groups}
+
+
+def remove_stale_temp_files(out: Path) -> list[str]:
+    """Delete the temp files of RUN_FILES that a run killed mid-write left in `out`, and return their names.
+    Each is a half-written copy no run reads (the file it was to replace is whole); only a run in the same
+    folder writes them, and two runs in one folder are refused anyway."""
+    if not out.is_dir():
+        return []
+    stale = [
+        p
+        for p in out.iterdir()
+        if p.is_file()
+        and p.name.endswith(".tmp")
+        and any(p.name == f".{n}.tmp" or p.name.startswith(f".{n}.") for n in RUN_FILES)
+    ]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d temp files an interrupted run left in %s", len(stale), out)
+    return sorted(p.name for p in stale)
 
 
 def write_text(path: Path, text: str) -> None:

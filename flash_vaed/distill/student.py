@@ -26,6 +26,7 @@ from .config import DistillError
 log = logging.getLogger(__name__)
 
 StudentSpec = DecoderSpec | LTXStudentSpec
+MAX_SPEC_BYTES = 2**20  # a spec is a few hundred bytes
 
 
 def to_raw(decoder: FlashDecoder, latents: torch.Tensor) -> torch.Tensor:
@@ -69,7 +70,7 @@ def _fits(preset: str, family: Family) -> bool:
 def _spec(preset: str, family: Family, teacher: nn.Module | None) -> StudentSpec:
     ltx = family.is_ltx
     if preset.endswith(".json") and Path(preset).is_file():
-        return (LTXStudentSpec if ltx else DecoderSpec).from_json(Path(preset).read_text())
+        return _spec_file(Path(preset), LTXStudentSpec if ltx else DecoderSpec)
     if preset == "tiny":
         return dataclasses.replace(LTXStudentSpec.tiny(), family=family) if ltx else DecoderSpec.tiny(family)
     if preset in ("official", "auto") and family in (Family.WAN21, Family.LTXV):
@@ -83,6 +84,19 @@ def _spec(preset: str, family: Family, teacher: nn.Module | None) -> StudentSpec
             f"preset {preset!r} is a student of {spec.family.title} latents; the teacher is {family.title}"
         )
     return spec
+
+
+def _spec_file(path: Path, kind: type[DecoderSpec] | type[LTXStudentSpec]) -> StudentSpec:
+    """The spec in a JSON file the user named (the CLI's --preset). Errors name the file and what is wrong
+    with it, never its contents."""
+    try:
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise ValueError(f"it is {path.stat().st_size} bytes, a spec is under {MAX_SPEC_BYTES}")
+        return kind.from_json(path.read_bytes())
+    except (OSError, ValueError) as err:
+        what = "an LTX student spec" if kind is LTXStudentSpec else "a decoder spec"
+        why = err if isinstance(err, ValueError) else (err.strerror or type(err).__name__)
+        raise DistillError(f"preset file {path} is not {what} as to_json writes it ({why})") from None
 
 
 def build_module(spec: StudentSpec) -> nn.Module:

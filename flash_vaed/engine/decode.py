@@ -10,12 +10,14 @@ sides that the frames kept are exactly the whole-clip frames.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from ..errors import FlashVAEDError
 from .state import DecodeState
 from .tiles import Tile, TileBlender, feather_mask, plan_tiles
 
@@ -47,14 +49,20 @@ class DecodePlan:
     overlap_px: int | None = None
 
     def __post_init__(self) -> None:
-        if self.chunk_frames is not None and self.chunk_frames < 1:
-            raise ValueError(
-                f"chunk_frames must be >= 1 (or None for the whole clip), got {self.chunk_frames}"
-            )
-        if self.tile_px is not None and self.tile_px < 1:
-            raise ValueError(f"tile_px must be >= 1 (or None for no tiling), got {self.tile_px}")
-        if self.overlap_px is not None and self.overlap_px < 0:
-            raise ValueError(f"overlap_px must be >= 0, got {self.overlap_px}")
+        for name, value, least, none in (
+            ("chunk_frames", self.chunk_frames, 1, "None for the whole clip"),
+            ("tile_px", self.tile_px, 1, "None for no tiling"),
+            ("overlap_px", self.overlap_px, 0, "None for a quarter tile"),
+        ):
+            # a whole number: 1.5, NaN or inf would fail deep in range() or math.ceil() without the name
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least
+            ):
+                raise PlanError(f"{name} must be a whole number >= {least} (or {none}), got {value!r}")
+
+
+class PlanError(FlashVAEDError, ValueError):
+    """A decode plan with a chunk, tile or overlap that is not a whole number in its range."""
 
 
 def frames_of_latents(first: int, stop: int, stride: int) -> tuple[int, int]:
